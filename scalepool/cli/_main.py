@@ -1,0 +1,28 @@
+"""Entry point; each subcommand registers itself from its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import _data
+
+    parser = argparse.ArgumentParser(
+        prog="scalepool",
+        description="Loss-guided multi-scale force prediction: data, branches, scale layer, studies.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _data.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"scalepool {args.command}: error: {err}", file=sys.stderr)
+        return 2

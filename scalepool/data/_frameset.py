@@ -1,0 +1,275 @@
+"""FrameSet: the in-memory dataset, its validation, npz I/O and time-block splits."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _keys as K
+
+# Stored dtypes: positions and cells keep float64 so that a frame can be
+# recomputed exactly by a reference engine; forces are float32 (their own
+# accuracy is far below float32 resolution) which halves the file size.
+_FLOAT_DTYPES = {K.POSITIONS: np.float64, K.CELL: np.float64, K.ENERGY: np.float64}
+_FORCE_DTYPE = np.float32
+
+
+class DatasetError(ValueError):
+    """A dataset or trajectory is malformed; the message says what and where."""
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = np.argwhere(bad)[0].tolist()
+        raise DatasetError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); first at index {first}"
+        )
+
+
+@dataclasses.dataclass
+class FrameSet:
+    """A trajectory with reference forces.
+
+    Attributes
+    ----------
+    positions : (F, N, 3) float64, Å
+    forces : (F, N, 3) float32, eV/Å, total reference force
+    numbers : (N,) int, atomic numbers
+    cell : (F, 3, 3) float64, Å, rows are cell vectors; ``None`` for a
+        non-periodic system
+    energy : (F,) float64, eV, or ``None``
+    force_parts : ``{part: (F, N, 3) eV/Å}``, optional decomposition whose sum
+        should equal ``forces`` (e.g. ``bonded``, ``direct``, ``reciprocal``)
+    meta : JSON-serialisable dict (generator, parameters, versions, seed)
+    """
+
+    positions: np.ndarray
+    forces: np.ndarray
+    numbers: np.ndarray
+    cell: np.ndarray | None = None
+    energy: np.ndarray | None = None
+    force_parts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.positions = np.asarray(self.positions, dtype=np.float64)
+        if self.forces is None:
+            raise DatasetError("forces are missing: scalepool datasets need reference forces")
+        self.forces = np.asarray(self.forces, dtype=_FORCE_DTYPE)
+        self.numbers = np.asarray(self.numbers)
+        if self.positions.ndim != 3 or self.positions.shape[-1] != 3:
+            raise DatasetError(f"positions must have shape (F, N, 3), got {self.positions.shape}")
+        n_frames, n_atoms, _ = self.positions.shape
+        if n_frames == 0 or n_atoms == 0:
+            raise DatasetError(f"dataset is empty: {n_frames} frames of {n_atoms} atoms")
+        if self.forces.shape != self.positions.shape:
+            raise DatasetError(
+                f"forces have shape {self.forces.shape} but positions have {self.positions.shape}"
+            )
+        if self.numbers.shape != (n_atoms,):
+            raise DatasetError(f"numbers must have shape ({n_atoms},), got {self.numbers.shape}")
+        if not np.issubdtype(self.numbers.dtype, np.integer):
+            raise DatasetError(f"numbers must be integers, got dtype {self.numbers.dtype}")
+        self.numbers = self.numbers.astype(np.int64)
+        if (self.numbers < 1).any() or (self.numbers > 118).any():
+            raise DatasetError(f"atomic numbers must lie in 1..118, got {sorted(set(self.numbers.tolist()))}")
+        if self.cell is not None:
+            self.cell = np.asarray(self.cell, dtype=np.float64)
+            if self.cell.shape == (3, 3):
+                self.cell = np.broadcast_to(self.cell, (n_frames, 3, 3)).copy()
+            if self.cell.shape != (n_frames, 3, 3):
+                raise DatasetError(f"cell must have shape ({n_frames}, 3, 3), got {self.cell.shape}")
+            _check_finite(K.CELL, self.cell)
+            volume = np.abs(np.linalg.det(self.cell))
+            if (volume < 1e-6).any():
+                raise DatasetError(
+                    f"cell of frame {int(np.argmin(volume))} is degenerate (volume {volume.min():.3g} Å^3); "
+                    "periodic data need a full 3D box"
+                )
+        if self.energy is not None:
+            self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
+            if self.energy.shape != (n_frames,):
+                raise DatasetError(f"energy must have shape ({n_frames},), got {self.energy.shape}")
+            _check_finite(K.ENERGY, self.energy)
+        parts = {}
+        for part, value in self.force_parts.items():
+            value = np.asarray(value, dtype=_FORCE_DTYPE)
+            if value.shape != self.positions.shape:
+                raise DatasetError(
+                    f"force part '{part}' has shape {value.shape}, expected {self.positions.shape}"
+                )
+            _check_finite(K.FORCE_PART_PREFIX + part, value)
+            parts[part] = value
+        self.force_parts = parts
+        _check_finite(K.POSITIONS, self.positions)
+        _check_finite(K.FORCES, self.forces)
+        json.dumps(self.meta)  # fail now, not when saving, if meta is not JSON
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def n_frames(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def n_atoms(self) -> int:
+        return self.positions.shape[1]
+
+    @property
+    def periodic(self) -> bool:
+        return self.cell is not None
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __getitem__(self, index) -> FrameSet:
+        """Frames selected by an int, slice or index array, as a new FrameSet."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return FrameSet(
+            positions=self.positions[index],
+            forces=self.forces[index],
+            numbers=self.numbers.copy(),
+            cell=None if self.cell is None else self.cell[index],
+            energy=None if self.energy is None else self.energy[index],
+            force_parts={k: v[index] for k, v in self.force_parts.items()},
+            meta=dict(self.meta),
+        )
+
+    # --------------------------------------------------------------- splits
+    def split_indices(
+        self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), gap: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Contiguous time-block split; see :func:`time_block_split`."""
+        return time_block_split(self.n_frames, fractions, gap)
+
+    def split(
+        self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), gap: int = 0
+    ) -> dict[str, FrameSet]:
+        """``{"train", "val", "test"}`` FrameSets in time order, never shuffled."""
+        return {name: self[idx] for name, idx in self.split_indices(fractions, gap).items()}
+
+    # ---------------------------------------------------------------- npz I/O
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            K.POSITIONS: self.positions,
+            K.FORCES: self.forces,
+            K.NUMBERS: self.numbers,
+            K.META: np.array(json.dumps(self.meta, sort_keys=True)),
+        }
+        if self.cell is not None:
+            arrays[K.CELL] = self.cell
+        if self.energy is not None:
+            arrays[K.ENERGY] = self.energy
+        for part, value in self.force_parts.items():
+            arrays[K.FORCE_PART_PREFIX + part] = value
+        return arrays
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the dataset as one compressed ``.npz`` (schema of DESIGN.md).
+
+        The file is written to a temporary name and renamed, so an interrupted
+        save never leaves a half-written dataset behind.
+        """
+        return save_npz_atomic(path, self.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FrameSet:
+        """Read a dataset ``.npz``; errors name the missing or malformed array."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset file not found: {path}")
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{path} is empty (0 bytes)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
+            raise DatasetError(f"{path} is not a readable .npz file (truncated or corrupt?): {err}") from err
+        missing = [k for k in (K.POSITIONS, K.FORCES, K.NUMBERS) if k not in arrays]
+        if missing:
+            raise DatasetError(f"{path} lacks required array(s) {missing}; it holds {sorted(arrays)}")
+        meta = json.loads(str(arrays[K.META])) if K.META in arrays else {}
+        parts = {
+            key[len(K.FORCE_PART_PREFIX):]: value
+            for key, value in arrays.items()
+            if key.startswith(K.FORCE_PART_PREFIX)
+        }
+        try:
+            return cls(
+                positions=arrays[K.POSITIONS],
+                forces=arrays[K.FORCES],
+                numbers=arrays[K.NUMBERS],
+                cell=arrays.get(K.CELL),
+                energy=arrays.get(K.ENERGY),
+                force_parts=parts,
+                meta=meta,
+            )
+        except DatasetError as err:
+            raise DatasetError(f"{path}: {err}") from err
+
+    def checksum(self) -> str:
+        """SHA-256 of positions, forces, numbers and cell (provenance of results)."""
+        digest = hashlib.sha256()
+        for array in (self.positions, self.forces, self.numbers, self.cell):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+
+def time_block_split(
+    n_frames: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), gap: int = 0
+) -> dict[str, np.ndarray]:
+    """Split ``range(n_frames)`` into contiguous train/val/test blocks.
+
+    Blocks follow time order, separated by ``gap`` dropped frames, so frames that
+    are correlated in time never sit on both sides of a split.  Every block gets
+    at least one frame.
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    if gap < 0:
+        raise ValueError(f"gap must be >= 0, got {gap}")
+    usable = n_frames - 2 * gap
+    if usable < 3:
+        raise ValueError(f"{n_frames} frames cannot make three blocks with a gap of {gap}")
+    total = sum(fractions)
+    n_train = max(1, int(round(usable * fractions[0] / total)))
+    n_val = max(1, int(round(usable * fractions[1] / total)))
+    n_test = usable - n_train - n_val
+    if n_test < 1:
+        n_train -= 1 - n_test
+        n_test = 1
+    start_val = n_train + gap
+    start_test = start_val + n_val + gap
+    return {
+        "train": np.arange(0, n_train),
+        "val": np.arange(start_val, start_val + n_val),
+        "test": np.arange(start_test, start_test + n_test),
+    }
+
+
+def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez_compressed`` to a temporary file in the same folder, then rename."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"dataset files end in .npz, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
