@@ -1,0 +1,101 @@
+"""``scalepool data ...``: generate the NaCl testbed, inspect and convert datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def register(commands) -> None:
+    data = commands.add_parser("data", help="generate, inspect and convert datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    nacl = sub.add_parser(
+        "nacl",
+        help="generate the aqueous NaCl reference dataset with OpenMM (TIP3P + Joung-Cheatham, PME, 300 K)",
+        description="Run OpenMM molecular dynamics of NaCl in TIP3P water and store positions, total "
+        "forces, the force-group decomposition (bonded, direct, reciprocal) and energies as a .npz dataset.",
+    )
+    nacl.add_argument("--out", required=True, type=Path, help="output .npz path")
+    nacl.add_argument("--frames", type=int, default=200, help="number of sampled frames (default 200)")
+    nacl.add_argument("--seed", type=int, default=0, help="random seed (ion placement, velocities, thermostat)")
+    nacl.add_argument("--box-nm", type=float, default=2.5, help="cubic box edge in nm (default 2.5: ~1,500 atoms)")
+    nacl.add_argument("--molarity", type=float, default=1.0, help="NaCl concentration in mol/L (default 1.0)")
+    nacl.add_argument("--stride-ps", type=float, default=None, help="time between frames in ps")
+    nacl.add_argument("--equilibration-ps", type=float, default=None, help="equilibration before sampling, ps")
+    nacl.add_argument("--flexible-water", action="store_true", help="flexible instead of rigid TIP3P water")
+    nacl.add_argument("--threads", type=int, default=None, help="OpenMM CPU threads (default: all)")
+    nacl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    nacl.set_defaults(func=_nacl)
+
+    info = sub.add_parser("info", help="frames, atoms, species, box, force statistics, close-contact fraction")
+    info.add_argument("path", type=Path, help="dataset (.npz) or any readable trajectory")
+    info.add_argument("--topology", type=Path, default=None, help="topology for MDAnalysis trajectories")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(func=_info)
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert between trajectory formats (npz, extxyz, TRR, ...)",
+        description="Read any supported trajectory with forces and write it in another format; the format "
+        "follows the file extension. Writes are atomic: a failed conversion leaves no output file.",
+    )
+    convert.add_argument("input", type=Path)
+    convert.add_argument("output", type=Path)
+    convert.add_argument("--topology", type=Path, default=None, help="topology for MDAnalysis inputs (TRR, ...)")
+    convert.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    convert.set_defaults(func=_convert)
+
+
+def _nacl(args: argparse.Namespace) -> int:
+    from ..data import generate_nacl
+
+    options = {}
+    if args.stride_ps is not None:
+        options["stride_ps"] = args.stride_ps
+    if args.equilibration_ps is not None:
+        options["equilibration_ps"] = args.equilibration_ps
+    start = time.perf_counter()
+    frames = generate_nacl(
+        n_frames=args.frames,
+        seed=args.seed,
+        box_nm=args.box_nm,
+        molarity=args.molarity,
+        rigid_water=not args.flexible_water,
+        threads=args.threads,
+        progress=not args.no_progress,
+        **options,
+    )
+    path = frames.save(args.out)
+    elapsed = time.perf_counter() - start
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {elapsed:.0f} s")
+    return _print_info(frames)
+
+
+def _print_info(frames, as_json: bool = False) -> int:
+    from ..data._summary import force_statistics, format_summary, summarize
+
+    summary = summarize(frames)
+    stats = force_statistics(frames)
+    if as_json:
+        print(json.dumps({**summary, "force_rms_meV_A": stats.to_dict(orient="index")}, indent=2))
+    else:
+        print(format_summary(summary, stats))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..data import read_frames
+
+    return _print_info(read_frames(args.path, topology=args.topology), as_json=args.json)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..data import read_frames, write_frames
+
+    frames = read_frames(args.input, topology=args.topology, stride=args.stride)
+    path = write_frames(frames, args.output)
+    print(f"wrote {path}: {frames.n_frames} frames of {frames.n_atoms} atoms")
+    return 0

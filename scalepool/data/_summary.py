@@ -1,0 +1,69 @@
+"""Dataset summary: what ``scalepool data info`` prints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from ase.data import chemical_symbols
+
+from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV, ION_NUMBERS
+from ._frameset import FrameSet
+
+
+def force_statistics(frames: FrameSet) -> pd.DataFrame:
+    """RMS and mean absolute force component per species and per force part.
+
+    Returns a DataFrame indexed by species symbol (plus ``all``) with one
+    column per part (``total`` and each entry of ``frames.force_parts``), in meV/Å.
+    """
+    parts = {"total": frames.forces, **frames.force_parts}
+    rows = {}
+    groups = {chemical_symbols[z]: frames.numbers == z for z in np.unique(frames.numbers)}
+    groups["all"] = np.ones(frames.n_atoms, dtype=bool)
+    for name, mask in groups.items():
+        row = {}
+        for part, forces in parts.items():
+            f = forces[:, mask].astype(np.float64)
+            row[f"rms_{part}"] = EV_TO_MEV * float(np.sqrt(np.mean(f**2)))
+        row["n_atoms"] = int(mask.sum())
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def summarize(frames: FrameSet, close_cutoff: float = CLOSE_CONTACT_CUTOFF) -> dict:
+    """Frames, atoms, species, box, force statistics and close-contact fraction."""
+    species = {chemical_symbols[z]: int((frames.numbers == z).sum()) for z in np.unique(frames.numbers)}
+    summary = {
+        "n_frames": frames.n_frames,
+        "n_atoms": frames.n_atoms,
+        "species": species,
+        "periodic": frames.periodic,
+        "force_parts": sorted(frames.force_parts),
+        "has_energy": frames.energy is not None,
+        "generator": frames.meta.get("generator", "unknown"),
+    }
+    if frames.cell is not None:
+        lengths = np.linalg.norm(frames.cell, axis=-1)
+        summary["box_lengths_mean_A"] = lengths.mean(axis=0).round(4).tolist()
+        summary["box_volume_mean_A3"] = float(np.abs(np.linalg.det(frames.cell)).mean())
+    if frames.force_parts:
+        total = sum(v.astype(np.float64) for v in frames.force_parts.values())
+        summary["max_abs_parts_minus_total_eV_A"] = float(np.abs(total - frames.forces).max())
+    if np.isin(frames.numbers, ION_NUMBERS).any():
+        from ._descriptors import frameset_descriptors
+
+        descriptors = frameset_descriptors(frames, cutoff=close_cutoff)
+        summary["close_contact_fraction_atoms"] = float(descriptors["close_contact"].mean())
+        ions = np.isin(frames.numbers, ION_NUMBERS)
+        summary["close_contact_fraction_ions"] = float(descriptors["close_contact"][:, ions].mean())
+        summary["min_ion_ion_distance_A"] = float(np.min(descriptors["min_ion_ion"]))
+        summary["close_cutoff_A"] = close_cutoff
+    return summary
+
+
+def format_summary(summary: dict, stats: pd.DataFrame) -> str:
+    lines = [f"{key:>32}: {value}" for key, value in summary.items()]
+    lines.append("")
+    lines.append("force RMS per species and part (meV/Å):")
+    lines.append(stats.round(1).to_string())
+    return "\n".join(lines)
