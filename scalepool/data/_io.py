@@ -1,0 +1,221 @@
+"""Trajectory I/O: read any supported file into a FrameSet and write one back.
+
+The format comes from the file extension (or ``format=``); each one goes
+through its reference library:
+
+=========  =======================  ==========  ======================================
+format     extensions               library     what it keeps
+=========  =======================  ==========  ======================================
+npz        ``.npz``                 numpy       everything (the dataset schema)
+extxyz     ``.extxyz``, ``.xyz``    ASE         positions, forces, cell, numbers,
+                                                energy, force parts, meta
+trr        ``.trr``                 MDAnalysis  positions, forces, cell (single
+                                                precision); numbers via a topology
+h5md       ``.h5md``                MDAnalysis  as trr (units stored in the file);
+                                                needs the optional package h5py
+=========  =======================  ==========  ======================================
+
+TRR and H5MD files hold no atom types, so they travel with a topology:
+:func:`write_frames` writes ``<stem>.pdb`` beside them (elements in the PDB
+element column), and :func:`read_frames` uses that companion when no
+``topology=`` is given.  Every write is atomic: the data go to hidden temporary
+files in the target folder that are renamed at the end, so a failed or
+interrupted write leaves no output (and keeps an older file of the same name).
+
+LAMMPS dumps are not supported: a dump records neither the unit style of its
+``fx fy fz`` columns (eV/Å for ``metal``, kcal/(mol·Å) for ``real``) nor the
+elements behind its integer atom types, so reading one faithfully needs inputs
+outside this interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ._frameset import DatasetError, FrameSet
+
+#: Readable formats and their file extensions.
+SUPPORTED_READ: dict[str, tuple[str, ...]] = {
+    "npz": (".npz",),
+    "extxyz": (".extxyz", ".xyz"),
+    "trr": (".trr",),
+    "h5md": (".h5md",),
+}
+#: Writable formats and their file extensions (TRR and H5MD also write ``<stem>.pdb``).
+SUPPORTED_WRITE: dict[str, tuple[str, ...]] = dict(SUPPORTED_READ)
+
+#: Formats whose atoms come from a separate topology file.
+_NEEDS_TOPOLOGY = ("trr", "h5md")
+_ALIASES = {"xyz": "extxyz"}
+_UNSUPPORTED = {
+    ("lammpsdump", ".lammpstrj", ".dump"): (
+        "LAMMPS dump files are not supported: a dump records neither the unit style of its "
+        "force columns nor the elements of its atom types; convert it to extxyz with known units"
+    ),
+    ("xtc", ".xtc", "dcd", ".dcd"): "this format stores no forces",
+}
+
+
+def _describe(table: dict[str, tuple[str, ...]]) -> str:
+    return ", ".join(f"{name} ({' '.join(exts)})" for name, exts in table.items())
+
+
+def _resolve_format(path: Path, format: str | None, table: dict[str, tuple[str, ...]]) -> str:
+    """The format name for ``path``: ``format`` when given, else from the extension."""
+    key = (format or path.suffix).lower()
+    for names, reason in _UNSUPPORTED.items():
+        if key in names:
+            raise DatasetError(f"{path}: {reason}. Supported: {_describe(table)}")
+    if format is not None:
+        name = _ALIASES.get(key, key)
+        if name not in table:
+            raise DatasetError(f"{path}: unknown format '{format}'; supported: {_describe(table)}")
+        return name
+    for name, extensions in table.items():
+        if key in extensions:
+            return name
+    raise DatasetError(
+        f"cannot tell the format of {path} from its extension '{path.suffix}'; "
+        f"supported: {_describe(table)}; or pass format="
+    )
+
+
+def _require_h5py(path: Path) -> None:
+    if importlib.util.find_spec("h5py") is None:
+        raise ImportError(f"{path}: H5MD files need the optional package h5py (pip install h5py)")
+
+
+def companion_topology(path: str | os.PathLike) -> Path:
+    """The topology written beside a TRR or H5MD trajectory: ``<stem>.pdb``."""
+    return Path(path).with_suffix(".pdb")
+
+
+def read_frames(
+    path: str | os.PathLike,
+    topology: str | os.PathLike | None = None,
+    format: str | None = None,
+    forces_key: str | None = None,
+    energy_key: str | None = None,
+    stride: int = 1,
+) -> FrameSet:
+    """Read a trajectory with reference forces into a :class:`FrameSet` (Å, eV/Å, eV).
+
+    Parameters
+    ----------
+    path : trajectory file; its extension picks the format (see ``SUPPORTED_READ``).
+    topology : TRR/H5MD only: a file MDAnalysis can parse (``.pdb``, ``.gro``,
+        ``.tpr``, ``.psf``) with the same atoms in the same order.  Default: the
+        companion ``<stem>.pdb`` written by :func:`write_frames`.  Elements come
+        from the topology, or are guessed from atom names/types (with a warning).
+    format : override the extension: one of ``SUPPORTED_READ``.
+    forces_key : extxyz only: per-atom array (or calculator result) holding the
+        forces in eV/Å.  Default: ``REF_forces``, then ``forces``, then the
+        calculator's forces.
+    energy_key : extxyz only: ``info`` key holding the energy in eV.  Default:
+        ``REF_energy``, then ``energy``, then the calculator's energy (or none).
+    stride : keep every ``stride``-th frame, starting with the first.
+
+    Raises
+    ------
+    FileNotFoundError : ``path`` or ``topology`` does not exist.
+    DatasetError : the file is empty, truncated, corrupt, of an unknown format,
+        has no forces, non-finite values, inconsistent atoms or boxes, or does not
+        match its topology.  The message names the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trajectory file not found: {path}")
+    fmt = _resolve_format(path, format, SUPPORTED_READ)
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path} is empty (0 bytes)")
+    if not isinstance(stride, (int, np.integer)) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    if fmt != "extxyz" and (forces_key is not None or energy_key is not None):
+        raise ValueError(f"forces_key and energy_key apply to extxyz files only, not {fmt} ({path})")
+    if fmt not in _NEEDS_TOPOLOGY and topology is not None:
+        raise ValueError(
+            f"topology applies to {' and '.join(_NEEDS_TOPOLOGY)} files only, not {fmt} ({path})"
+        )
+
+    if fmt == "npz":
+        frames = FrameSet.load(path)
+        return frames if stride == 1 else frames[::stride]
+    if fmt == "extxyz":
+        from ._io_ase import read_extxyz
+
+        return read_extxyz(path, forces_key=forces_key, energy_key=energy_key, stride=stride)
+    if fmt == "h5md":
+        _require_h5py(path)
+    from ._io_mda import read_mda
+
+    if topology is None:
+        topology = companion_topology(path)
+        if not topology.is_file():
+            raise DatasetError(
+                f"{path}: a {fmt.upper()} file holds no atom types; pass topology= (.pdb, .gro, .tpr, .psf) "
+                f"or place {topology.name} beside it"
+            )
+    return read_mda(path, Path(topology), fmt, stride=stride)
+
+
+@contextlib.contextmanager
+def _atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
+    """Temporary files beside ``paths``, renamed onto them only if the block succeeds."""
+    temps: list[Path] = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        for tmp, path in zip(temps, paths, strict=True):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Write ``frameset`` to ``path`` in the format of its extension; returns ``path``.
+
+    TRR and H5MD also write the topology :func:`companion_topology` (``<stem>.pdb``,
+    replacing any file of that name) so that :func:`read_frames` can read them
+    back.  Units follow each format: extxyz in Å and eV/Å with ``REF_forces``,
+    ``REF_energy`` and ``forces_<part>`` arrays; TRR in nm and kJ/(mol·nm),
+    converted by MDAnalysis.  TRR and H5MD drop energy, force parts and meta, and
+    need cells in the GROMACS orientation (a along x, b in the xy plane).
+
+    The write is atomic: on any error no new file appears.
+    """
+    if not isinstance(frameset, FrameSet):
+        raise TypeError(f"write_frames expects a FrameSet, got {type(frameset).__name__}")
+    path = Path(path)
+    fmt = _resolve_format(path, format, SUPPORTED_WRITE)
+    if fmt == "npz":
+        with _atomic_outputs(path) as (tmp,), open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **frameset.to_arrays())
+    elif fmt == "extxyz":
+        from ._io_ase import write_extxyz
+
+        with _atomic_outputs(path) as (tmp,):
+            write_extxyz(frameset, tmp)
+    else:
+        if fmt == "h5md":
+            _require_h5py(path)
+        from ._io_mda import check_gromacs_cell, write_mda
+
+        check_gromacs_cell(frameset, path)
+        if companion_topology(path) == path:
+            raise DatasetError(f"cannot write {fmt} to {path}: its topology {path.name} would overwrite it")
+        with _atomic_outputs(path, companion_topology(path)) as (tmp, tmp_top):
+            write_mda(frameset, tmp, tmp_top, fmt)
+    return path
