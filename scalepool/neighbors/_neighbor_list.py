@@ -38,6 +38,8 @@ def neighbor_pairs(
         raise ValueError(f"positions must have shape (n_atoms, 3), got {positions.shape}")
     if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
+    if not np.isfinite(positions).all():
+        raise ValueError("positions contain NaN or inf")
     periodic = cell is not None
     box = np.zeros((3, 3)) if cell is None else np.ascontiguousarray(cell, dtype=np.float64)
     if box.shape != (3, 3):
@@ -68,6 +70,8 @@ def batched_neighbor_pairs(
     pairs : (n_pairs, 2) global atom indices; shifts : (n_pairs, 3)
     """
     frame_index = np.asarray(frame_index)
+    if len(frame_index) and np.any(np.diff(frame_index) < 0):
+        raise ValueError("frame_index must be sorted: frames are stored back to back")
     n_frames = int(frame_index.max()) + 1 if len(frame_index) else 0
     offsets = np.searchsorted(frame_index, np.arange(n_frames + 1))
     all_pairs, all_shifts = [], []
