@@ -1,0 +1,79 @@
+"""Scale layer: interpolation, oracle routing, pools, differentiable updates, routers, tables.
+
+Everything here runs on a :class:`PredictionCache` (branch and reference
+forces written by ``scalepool predict``) through the :class:`ScaleGenerator`
+interface, so a live model can replace the cache.  Oracles read the labels of
+the split they route and are **upper bounds**; learned routers are fitted on
+the train split only and are what a user can deploy.
+"""
+
+from ._cache import PredictionCache, PredictionCacheError
+from ._differentiable import SoftPoolRouter, fit_pool_scales, sample_losses_torch
+from ._features import FEATURE_RADII, atom_features
+from ._generator import (
+    CachedGenerator,
+    FunctionGenerator,
+    ScaleGenerator,
+    as_generator,
+    broadcast_scales,
+    interpolate,
+)
+from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion, nearest_ion_distances
+from ._history import RefinementHistory, RoundRecord
+from ._oracle import (
+    LOSSES,
+    hard_route,
+    optimal_scale,
+    optimal_scale_mae,
+    optimal_scale_mse,
+    sample_losses_linear,
+)
+from ._pool import ScalePool, propose, refine_pool
+from ._problem import RoutingProblem
+from ._routers import ContinuousRouter, HardRouter, LeakageError
+from ._samples import GRANULARITIES, SampleGroups, sample_groups
+from ._synthetic import synthetic_cache
+from ._table import METRICS, evaluate_cache, scale_table
+
+__all__ = [
+    "FEATURE_RADII",
+    "GRANULARITIES",
+    "LOSSES",
+    "METRICS",
+    "CachedGenerator",
+    "ContinuousRouter",
+    "FunctionGenerator",
+    "HardRouter",
+    "LeakageError",
+    "PredictionCache",
+    "PredictionCacheError",
+    "RefinementHistory",
+    "RoundRecord",
+    "RoutingProblem",
+    "SampleGroups",
+    "ScaleGenerator",
+    "ScalePool",
+    "SoftPoolRouter",
+    "as_generator",
+    "atom_features",
+    "atom_ion_distances",
+    "broadcast_scales",
+    "evaluate_cache",
+    "fit_pool_scales",
+    "hard_route",
+    "interpolate",
+    "ion_counts",
+    "ion_mask",
+    "nearest_ion",
+    "nearest_ion_distances",
+    "optimal_scale",
+    "optimal_scale_mae",
+    "optimal_scale_mse",
+    "propose",
+    "refine_pool",
+    "sample_groups",
+    "sample_losses_linear",
+    "sample_losses_torch",
+    "scale_table",
+    "synthetic_cache",
+]
