@@ -26,7 +26,9 @@ def register(commands) -> None:
     nacl.add_argument("--stride-ps", type=float, default=None, help="time between frames in ps")
     nacl.add_argument("--equilibration-ps", type=float, default=None, help="equilibration before sampling, ps")
     nacl.add_argument("--flexible-water", action="store_true", help="flexible instead of rigid TIP3P water")
-    nacl.add_argument("--threads", type=int, default=None, help="OpenMM CPU threads (default: all)")
+    nacl.add_argument(
+        "--threads", type=int, default=1, help="OpenMM CPU threads (default 1: bitwise reproducible for a seed)"
+    )
     nacl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     nacl.set_defaults(func=_nacl)
 

@@ -64,6 +64,6 @@ def summarize(frames: FrameSet, close_cutoff: float = CLOSE_CONTACT_CUTOFF) -> d
 def format_summary(summary: dict, stats: pd.DataFrame) -> str:
     lines = [f"{key:>32}: {value}" for key, value in summary.items()]
     lines.append("")
-    lines.append("force RMS per species and part (meV/Å):")
+    lines.append("force RMS per Cartesian component, per species and part (meV/Å):")
     lines.append(stats.round(1).to_string())
     return "\n".join(lines)
