@@ -7,6 +7,12 @@ A 1.9 nm box (just above twice the 0.9 nm cutoff) at 1.5 M holds 627 atoms with
 from __future__ import annotations
 
 import inspect
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -14,9 +20,11 @@ import openmm.unit as unit
 import pytest
 
 from scalepool import units
+from scalepool.cli import main
 from scalepool.data import FrameSet
 from scalepool.data import _keys as K
 from scalepool.data._nacl import build_nacl_system, generate_nacl, openmm_reference_forces
+from scalepool.data._nacl_checkpoint import CheckpointInUse, CheckpointMismatch, NaclCheckpoint
 
 SMALL = dict(box_nm=1.9, molarity=1.5, stride_ps=0.02, equilibration_ps=0.1, threads=1, progress=False)
 PARTS = ("bonded", "direct", "reciprocal")
@@ -183,3 +191,96 @@ def test_flexible_water_has_bonded_forces():
     np.testing.assert_allclose(
         flexible.force_parts["bonded"][0], ref[K.FORCES_BONDED], rtol=1e-4, atol=ATOL_CPU
     )
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_folder_commits_cleans_and_checks_parameters(tmp_path):
+    folder = tmp_path / "out.npz.partial"
+    frames = {K.POSITIONS: np.arange(12.0).reshape(2, 2, 3), K.FORCES: np.full((2, 2, 3), 0.1)}
+    with NaclCheckpoint(folder, {"seed": 1, "box_nm": 1.9}) as store:
+        assert store.load() is None
+        first = store.save(frames_done=0, new_frames={}, state=b"s0", progress={"resumes": 0}, previous=None)
+        store.save(frames_done=2, new_frames=frames, state=b"s2", progress={"resumes": 0}, previous=first)
+        # a second run on the same folder is refused while this one holds it
+        with pytest.raises(CheckpointInUse, match="in use by another"), NaclCheckpoint(folder, {"seed": 1}):
+            pass
+    # a chunk and a state written after the last commit, as by a killed run
+    (folder / "frames_000002_000004.npz").write_bytes(b"partial")
+    (folder / "state_000004.chk").write_bytes(b"s4")
+    with NaclCheckpoint(folder, {"box_nm": 1.9, "seed": 1}) as store:
+        progress, stored, state = store.load()
+    assert progress["frames_done"] == 2 and state == b"s2"
+    np.testing.assert_array_equal(stored[K.POSITIONS], frames[K.POSITIONS])
+    assert stored[K.FORCES].dtype == np.float32  # the dtype of the final dataset
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "frames_000000_000002.npz",
+        "lock",
+        "parameters.json",
+        "progress.json",
+        "state_000002.chk",
+    ]
+    mismatch = r"seed: 1 in the checkpoint, 2 now.*--restart"
+    with (
+        pytest.raises(CheckpointMismatch, match=mismatch),
+        NaclCheckpoint(folder, {"seed": 2, "box_nm": 1.9}),
+    ):
+        pass
+    with NaclCheckpoint(folder, {"seed": 2, "box_nm": 1.9}, restart=True) as store:
+        assert store.load() is None
+    assert json.loads((folder / "parameters.json").read_text())["seed"] == 2
+    # nothing committed yet (killed during set-up): other parameters simply take over the folder
+    with NaclCheckpoint(folder, {"seed": 3, "box_nm": 1.9}) as store:
+        assert store.load() is None
+
+
+def test_killed_run_resumes_bitwise(tmp_path, capsys):
+    """SIGKILL the CLI after its second checkpoint; re-running the command gives the same bits."""
+    settings = {**SMALL, "stride_ps": 0.05}  # 25 steps a frame: the kill lands well before the end
+    out = tmp_path / "nacl.npz"
+    partial = tmp_path / "nacl.npz.partial"
+    argv = ["data", "nacl", "--out", str(out), "--frames", "20", "--seed", "7", "--box-nm", "1.9",
+            "--molarity", "1.5", "--stride-ps", "0.05", "--equilibration-ps", "0.1",
+            "--checkpoint-every", "2", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "scalepool.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while _frames_done(partial / "progress.json") < 2:
+            assert proc.poll() is None, f"generation ended before the kill: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "no checkpoint with frames after 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists() and 2 <= _frames_done(partial / "progress.json") < 20
+
+    # other parameters: refused, and the checkpoint survives
+    other_seed = list(argv)
+    other_seed[argv.index("--seed") + 1] = "8"
+    assert main(other_seed) == 2
+    err = capsys.readouterr().err
+    assert "seed: 7 in the checkpoint, 8 now" in err and "--restart" in err
+    assert partial.exists()
+
+    assert main(argv) == 0
+    assert "resumed 1x" in capsys.readouterr().out
+    assert out.exists() and not partial.exists()
+    resumed = FrameSet.load(out)
+    reference = generate_nacl(n_frames=20, seed=7, **settings)  # in memory, no checkpoint
+    np.testing.assert_array_equal(resumed.positions, reference.positions)
+    np.testing.assert_array_equal(resumed.forces, reference.forces)
+    np.testing.assert_array_equal(resumed.energy, reference.energy)
+    for part in PARTS:
+        np.testing.assert_array_equal(resumed.force_parts[part], reference.force_parts[part])
+    assert resumed.meta["resumes"] == 1 and reference.meta["resumes"] == 0
+    assert resumed.meta["timings"]["wall_s"] > resumed.meta["timings"]["sample_s"] > 0
+
+
+def _frames_done(progress: Path) -> int:
+    try:
+        return json.loads(progress.read_text())["frames_done"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,20 @@ def register(commands) -> None:
         "--threads", type=int, default=1, help="OpenMM CPU threads (default 1: bitwise reproducible for a seed)"
     )
     nacl.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    nacl.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint folder (default OUT.npz.partial beside the output); a killed run re-run with the "
+        "same command continues from it, and it is deleted once the dataset is written",
+    )
+    nacl.add_argument(
+        "--checkpoint-every", type=int, default=10, help="frames between checkpoint saves (default 10)"
+    )
+    nacl.add_argument("--no-checkpoint", action="store_true", help="keep everything in memory, no resume")
+    nacl.add_argument(
+        "--restart", action="store_true", help="delete an existing checkpoint and start from scratch"
+    )
     nacl.set_defaults(func=_nacl)
 
     info = sub.add_parser("info", help="frames, atoms, species, box, force statistics, close-contact fraction")
@@ -53,26 +68,40 @@ def register(commands) -> None:
 
 def _nacl(args: argparse.Namespace) -> int:
     from ..data import generate_nacl
+    from ..data._nacl_checkpoint import CheckpointInUse
 
     options = {}
     if args.stride_ps is not None:
         options["stride_ps"] = args.stride_ps
     if args.equilibration_ps is not None:
         options["equilibration_ps"] = args.equilibration_ps
+    checkpoint = None
+    if not args.no_checkpoint:
+        checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".partial")
     start = time.perf_counter()
-    frames = generate_nacl(
-        n_frames=args.frames,
-        seed=args.seed,
-        box_nm=args.box_nm,
-        molarity=args.molarity,
-        rigid_water=not args.flexible_water,
-        threads=args.threads,
-        progress=not args.no_progress,
-        **options,
-    )
-    path = frames.save(args.out)
+    try:
+        frames = generate_nacl(
+            n_frames=args.frames,
+            seed=args.seed,
+            box_nm=args.box_nm,
+            molarity=args.molarity,
+            rigid_water=not args.flexible_water,
+            threads=args.threads,
+            progress=not args.no_progress,
+            checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            restart=args.restart,
+            out=args.out,
+            **options,
+        )
+    except CheckpointInUse as err:
+        print(f"scalepool data: error: {err}", file=sys.stderr)
+        return 2
+    path = args.out
     elapsed = time.perf_counter() - start
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {elapsed:.0f} s")
+    resumed = frames.meta.get("resumes", 0)
+    note = f"; resumed {resumed}x, {frames.meta['timings']['wall_s']:.0f} s in all" if resumed else ""
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {elapsed:.0f} s{note}")
     return _print_info(frames)
 
 
