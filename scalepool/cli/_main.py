@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _data, _scales
+    from . import _data, _scales, _train
 
     parser = argparse.ArgumentParser(
         prog="scalepool",
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _data.register(commands)
+    _train.register(commands)
     _scales.register(commands)
     return parser
 

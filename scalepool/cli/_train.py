@@ -1,0 +1,227 @@
+"""``scalepool train`` and ``scalepool predict``: fit force branches, write the prediction cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected three non-negative fractions like 0.8,0.1,0.1, got {text!r}"
+        )
+    return values
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def register(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train one force branch (short or long range) with checkpoints and resume",
+        description="Train a force branch on the training block of a time-block split, validating on the "
+        "validation block every epoch. RUN receives checkpoint.pt, best.pt, last.pt, history.csv and "
+        "config.json. Repeating the command on an interrupted RUN resumes it exactly where it stopped; "
+        "different settings or another dataset are refused.",
+    )
+    train.add_argument("--branch", required=True, choices=["short", "long"], help="which branch to build")
+    train.add_argument("--data", required=True, type=Path, help="dataset .npz (scalepool data nacl)")
+    train.add_argument("--out", required=True, type=Path, help="run directory (created or resumed)")
+    train.add_argument("--epochs", type=int, default=100, help="total epochs of the run (default 100)")
+    train.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop cleanly after this many minutes (checkpoint kept; rerun to continue)",
+    )
+    train.add_argument("--seed", type=int, default=0, help="model initialisation and batch order (default 0)")
+    train.add_argument("--batch-size", type=int, default=1, help="frames per step (default 1)")
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    train.add_argument(
+        "--loss", choices=["mae", "mse", "huber"], default="mae", help="force loss (default mae)"
+    )
+    train.add_argument(
+        "--energy-weight",
+        type=float,
+        default=0.1,
+        help="weight of the per-atom energy loss when the dataset has energies (default 0.1)",
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=20,
+        help="early stopping: epochs without a better validation force MAE (default 20)",
+    )
+    train.add_argument(
+        "--split",
+        type=_fractions,
+        default=(0.8, 0.1, 0.1),
+        help="train,val,test fractions of the time-block split (default 0.8,0.1,0.1)",
+    )
+    train.add_argument("--split-gap", type=int, default=0, help="frames dropped between blocks (default 0)")
+    train.add_argument(
+        "--cutoff", type=float, default=None, help="branch cutoff in Å (default: the branch's)"
+    )
+    train.add_argument(
+        "--model-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other branch constructor argument (JSON value), repeatable",
+    )
+    train.add_argument("--checkpoint-every", type=int, default=20, help="also checkpoint every N batches")
+    train.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --out")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=_train)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict all frames with trained branches and write the prediction cache (.npz)",
+        description="Write forces_ref, forces_<branch> per run, numbers, cell, positions, split (0 train, "
+        "1 val, 2 test, the runs' training split) and meta to one .npz, then print test-split force "
+        "errors (meV/Å) of each branch beside a constant per-species baseline.",
+    )
+    predict.add_argument(
+        "--run",
+        required=True,
+        type=Path,
+        action="append",
+        help="run directory of scalepool train; repeat for each branch (first is anchor 0)",
+    )
+    predict.add_argument("--data", required=True, type=Path, help="the dataset the runs were trained on")
+    predict.add_argument("--out", required=True, type=Path, help="prediction cache .npz")
+    predict.add_argument("--model-file", choices=["best.pt", "last.pt"], default="best.pt")
+    predict.add_argument("--batch-size", type=int, default=1)
+    predict.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    predict.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    predict.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    predict.set_defaults(func=_predict)
+
+
+def _setup(args) -> None:
+    import torch
+
+    from ..train import resolve_device
+
+    resolve_device(args.device)  # fail before loading anything
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import FrameSet
+    from ..train import train
+
+    _setup(args)
+    frames = FrameSet.load(args.data)
+    from ..models import build_branch
+
+    overrides = dict(args.model_option)
+    if args.cutoff is not None:
+        overrides["cutoff"] = args.cutoff
+    torch.manual_seed(args.seed)
+    model = build_branch(args.branch, **overrides)
+    try:
+        result = train(
+            model,
+            frames,
+            args.out,
+            epochs=args.epochs,
+            max_minutes=args.max_minutes,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            loss=args.loss,
+            energy_weight=args.energy_weight,
+            split_fractions=args.split,
+            split_gap=args.split_gap,
+            patience=args.patience,
+            checkpoint_every=args.checkpoint_every,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            resume=False if args.no_resume else None,
+            branch=args.branch,
+            data_path=args.data,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"scalepool train: interrupted; the checkpoint in {args.out} is kept, repeat the command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    best = (
+        "n/a"
+        if result.best_epoch is None
+        else f"{result.best_val_force_mae:.2f} meV/Å (epoch {result.best_epoch})"
+    )
+    print(
+        f"{args.branch}: {result.stop_reason} after {result.epochs_completed} epoch(s), "
+        f"{result.elapsed_s:.0f} s; best validation force MAE {best}"
+    )
+    print(f"best model: {result.best_path}\nhistory: {result.out_dir / 'history.csv'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..data import FrameSet
+    from ..train import predict_cache
+
+    _setup(args)
+    frames = FrameSet.load(args.data)
+    path = predict_cache(
+        args.run,
+        frames,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        model_file=args.model_file,
+        data_path=args.data,
+        progress=not args.no_progress,
+    )
+    print(f"wrote {path}")
+    print("test split, force errors in meV/Å (MAE and RMSE over force components):")
+    print(_test_table(path, frames).to_string(float_format=lambda v: f"{v:.1f}"))
+    return 0
+
+
+def _test_table(path, frames):
+    """Test-split errors of each branch and of the constant baseline, with close-contact rows."""
+    import numpy as np
+
+    from ..data import keys as K
+    from ..metrics import cache_errors, load_cache
+
+    cache = load_cache(path)
+    nearest = None
+    try:
+        from ..data import frameset_descriptors
+    except ImportError:  # descriptors not available: no close-contact rows
+        frameset_descriptors = None
+    if frameset_descriptors is not None:
+        test = np.flatnonzero(cache[K.SPLIT] == K.SPLIT_CODES["test"])
+        nearest = frameset_descriptors(frames[test])["nearest_ion"]
+    return cache_errors(cache, "test", nearest_ion=nearest)

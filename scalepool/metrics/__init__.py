@@ -1,0 +1,16 @@
+"""Metrics: force error tables (overall, per species, ions, close contact) and baselines."""
+
+from ._cache import cache_errors, load_cache
+from ._forces import MAE, N_ATOMS, N_COMPONENTS, RMSE, constant_force_baseline, element_symbol, force_errors
+
+__all__ = [
+    "MAE",
+    "N_ATOMS",
+    "N_COMPONENTS",
+    "RMSE",
+    "cache_errors",
+    "constant_force_baseline",
+    "element_symbol",
+    "force_errors",
+    "load_cache",
+]

@@ -1,0 +1,31 @@
+"""Training of force branches (checkpoints, resume, early stopping) and the prediction cache."""
+
+from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device, resolve_dtype
+from ._loop import BRANCH_NAMES, TrainResult, default_branch_name, train
+from ._predict import evaluate_forces, predict_cache, predict_forces
+from ._run_config import read_run_config
+from ._settings import LOSSES, SCHEDULERS, TrainSettings
+from ._state import HISTORY_COLUMNS
+
+__all__ = [
+    "BEST",
+    "BRANCH_NAMES",
+    "CHECKPOINT",
+    "CONFIG",
+    "HISTORY",
+    "HISTORY_COLUMNS",
+    "LAST",
+    "LOSSES",
+    "SCHEDULERS",
+    "TrainError",
+    "TrainResult",
+    "TrainSettings",
+    "default_branch_name",
+    "evaluate_forces",
+    "predict_cache",
+    "predict_forces",
+    "read_run_config",
+    "resolve_device",
+    "resolve_dtype",
+    "train",
+]

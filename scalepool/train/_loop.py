@@ -1,0 +1,371 @@
+"""``train``: fit one force branch with checkpoints, resume, early stopping and a time budget.
+
+One call trains a model on the training block of a time-block split and
+validates it on the validation block after every epoch.  The run directory
+holds
+
+- ``checkpoint.pt``: the full training state (see :mod:`._state`), written
+  atomically at the end of each epoch and every ``checkpoint_every`` batches;
+- ``best.pt`` / ``last.pt``: the best-validation and the latest model, in the
+  format of :func:`scalepool.models.save_model`;
+- ``history.csv``: one row per completed epoch (:data:`HISTORY_COLUMNS`);
+- ``config.json``: parameters, dataset path and checksum, split, seed,
+  versions, git commit, one entry per session, and the result.
+
+A run killed at any point continues from its last checkpoint when ``train`` is
+called again with the same settings, and ends with the same history as an
+uninterrupted run: the batch order of epoch ``e`` is a permutation drawn from
+``numpy.random.default_rng([seed, e])``, and the checkpoint holds the optimiser,
+scheduler and RNG states and the running sums of the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..data import FrameSet
+from ..models import AtomsBatch
+from . import _model_io
+from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, canonical_json, resolve_device
+from ._predict import evaluate_forces
+from ._run_config import record_result, write_run_config
+from ._settings import TrainSettings, epoch_batches
+from ._state import (
+    Progress,
+    check_resumable,
+    history_frame,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_history,
+)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a :func:`train` call ended with.
+
+    ``stop_reason`` is ``"completed"`` (all epochs done), ``"early_stopping"``
+    (``patience`` epochs without a better validation force MAE) or
+    ``"time_budget"`` (``max_minutes`` spent; call ``train`` again to go on).
+    """
+
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    history: pd.DataFrame  # columns HISTORY_COLUMNS, one row per completed epoch
+    best_epoch: int | None  # 1-based; None before the first validation
+    best_val_force_mae: float  # meV/Å, inf before the first validation
+    epochs_completed: int
+    stop_reason: str
+    elapsed_s: float  # training time over all sessions
+    resumed: bool
+
+
+def train(
+    model: torch.nn.Module,
+    frames: FrameSet,
+    out_dir: str | os.PathLike,
+    *,
+    epochs: int,
+    max_minutes: float | None = None,
+    batch_size: int = 1,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    loss: str = "mae",
+    huber_delta: float = 0.1,
+    energy_weight: float = 0.1,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_gap: int = 0,
+    patience: int | None = 20,
+    scheduler: str = "plateau",
+    lr_factor: float = 0.5,
+    lr_patience: int = 5,
+    min_lr: float = 1e-6,
+    max_grad_norm: float | None = None,
+    checkpoint_every: int | None = 20,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+    resume: bool | None = None,
+    branch: str | None = None,
+    data_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on the training block of ``frames``; see the module docstring.
+
+    Parameters
+    ----------
+    model : a ForceModel (``cutoff``, ``config``, ``forward(batch) -> {"energy",
+        "forces", ...}`` in eV and eV/Å); trained in place and left on ``device``
+    frames : the whole dataset; split in time blocks by ``split_fractions`` and
+        ``split_gap`` (:meth:`FrameSet.split_indices`)
+    out_dir : run directory (created); resumed when it holds a checkpoint
+    epochs : total number of epochs of the run (a resumed run counts the epochs
+        already done; a larger value extends a finished run)
+    max_minutes : wall-clock budget of this call; when spent, training stops
+        cleanly (checkpoint, ``last.pt``, ``best.pt``) and a later call goes on
+    batch_size : frames per optimiser step
+    lr, weight_decay : AdamW settings
+    loss : ``"mae"``, ``"mse"`` or ``"huber"`` (``huber_delta`` in eV/Å), on
+        force components in eV/Å
+    energy_weight : weight of the same loss on per-atom energies (eV/atom);
+        used only when ``frames.energy`` exists
+    patience : stop after this many epochs without a lower validation force
+        MAE (``None``: never)
+    scheduler : ``"plateau"`` (ReduceLROnPlateau on the validation force MAE:
+        ``lr_factor``, ``lr_patience``, ``min_lr``) or ``"cosine"`` (annealed to
+        ``min_lr`` over ``epochs``)
+    max_grad_norm : clip the gradient norm (``None``: no clipping)
+    checkpoint_every : also checkpoint every this many batches (``None``: only
+        at epoch ends)
+    seed : seeds torch at the start of a fresh run and fixes every epoch's
+        batch order (the model's initialisation is the caller's)
+    device, dtype : where and in which float type to train
+    resume : ``None`` resumes when ``out_dir`` holds a checkpoint; ``True``
+        requires one; ``False`` refuses a directory that holds one.  A
+        checkpoint made with other settings or another dataset is refused.
+    branch : run name written to ``config.json`` and used by
+        :func:`predict_cache` as ``forces_<branch>``; default
+        :func:`default_branch_name` (``short``/``long`` for the testbed branches)
+    data_path : dataset file, recorded in ``config.json``
+    progress : show a tqdm progress bar
+
+    Returns
+    -------
+    TrainResult.  ``KeyboardInterrupt`` is re-raised after a checkpoint is saved.
+    """
+    settings = TrainSettings(
+        epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        loss=loss, huber_delta=huber_delta, energy_weight=energy_weight, split_fractions=split_fractions,
+        split_gap=split_gap, patience=patience, scheduler=scheduler, lr_factor=lr_factor,
+        lr_patience=lr_patience, min_lr=min_lr, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
+        seed=seed, dtype=dtype,
+    )  # fmt: skip
+    if not isinstance(frames, FrameSet):
+        raise TrainError(f"frames must be a FrameSet, got {type(frames).__name__}")
+    for attribute in ("cutoff", "config"):
+        if not hasattr(model, attribute):
+            raise TrainError(
+                f"model {type(model).__name__} has no '{attribute}' attribute (ForceModel interface)"
+            )
+    session = _Session(model, frames, Path(out_dir), settings, resolve_device(device), branch, progress)
+    session.start(resume, data_path)
+    return session.run()
+
+
+#: Run names of the testbed branches, by model class (see :func:`default_branch_name`).
+BRANCH_NAMES = {"ShortRangeBranch": "short", "LongRangeBranch": "long"}
+
+
+def default_branch_name(config: dict) -> str:
+    """``config["branch"]`` or ``config["name"]`` if set, else ``short``/``long`` for the
+    testbed branches (:data:`BRANCH_NAMES`), else the lower-cased model class, else ``"model"``."""
+    name = config.get("branch") or config.get("name") or BRANCH_NAMES.get(config.get("class", ""))
+    return name or str(config.get("class") or "model").lower()
+
+
+class _Session:
+    """One call of :func:`train`: builds or restores the state, runs epochs, writes files."""
+
+    def __init__(self, model, frames, out, settings, device, branch, progress):
+        self.start_time = time.perf_counter()
+        self.model, self.frames, self.out, self.s, self.device = model, frames, out, settings, device
+        self.dtype = settings.torch_dtype
+        self.progress = progress
+        self.paths = {name: out / name for name in (CHECKPOINT, BEST, LAST, HISTORY, CONFIG)}
+        config = canonical_json(model.config)
+        self.branch = branch or default_branch_name(config)
+        if not isinstance(self.branch, str) or not self.branch.isidentifier():
+            raise TrainError(
+                f"branch name must be an identifier (used as forces_<branch>), got {self.branch!r}"
+            )
+        self.split = frames.split_indices(settings.split_fractions, settings.split_gap)
+        self.request = settings.request(self.branch, config)
+        self.checksum = frames.checksum()
+        self.use_energy = frames.energy is not None and settings.energy_weight > 0
+        self.loss_fn = settings.loss_function()
+
+    # ---------------------------------------------------------------- setup
+    def start(self, resume: bool | None, data_path) -> None:
+        """Fresh run (species statistics, seed) or restore every state from the checkpoint."""
+        s, paths = self.s, self.paths
+        has_checkpoint = paths[CHECKPOINT].exists()
+        if resume is True and not has_checkpoint:
+            raise TrainError(f"cannot resume: {paths[CHECKPOINT]} does not exist")
+        if resume is False and has_checkpoint:
+            raise TrainError(
+                f"{self.out} already holds a training run ({CHECKPOINT}); resume it or use a new directory"
+            )
+        self.resumed = has_checkpoint
+        saved = None
+        if self.resumed:
+            saved = load_checkpoint(paths[CHECKPOINT])
+            check_resumable(saved, self.request, self.checksum, paths[CHECKPOINT])
+        else:
+            _model_io.fit_species_statistics(self.model, self.frames[self.split["train"]])
+            for stale in (paths[BEST], paths[LAST]):  # left by an attempt killed before its first checkpoint
+                stale.unlink(missing_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.scheduler = s.make_scheduler(self.optimizer)
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            set_rng_state(saved["rng"])
+            self.state = Progress.from_dict(saved["progress"])
+        else:
+            torch.manual_seed(s.seed)
+            self.state = Progress()
+        write_history(paths[HISTORY], self.state.history)  # drops rows written after the checkpoint
+        write_run_config(
+            paths[CONFIG], resumed=self.resumed, request=self.request, frames=self.frames,
+            checksum=self.checksum, split=self.split, data_path=data_path, epochs=s.epochs,
+            max_minutes=s.max_minutes, device=self.device, checkpoint_every=s.checkpoint_every, state=self.state,
+        )  # fmt: skip
+        self.base_elapsed = self.state.elapsed_s
+        self.deadline = None if s.max_minutes is None else self.start_time + 60.0 * s.max_minutes
+
+    def elapsed(self) -> float:
+        return self.base_elapsed + time.perf_counter() - self.start_time
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def checkpoint(self, rng=None) -> None:
+        self.state.elapsed_s = self.elapsed()
+        save_checkpoint(
+            self.paths[CHECKPOINT], request=self.request, dataset_checksum=self.checksum, progress=self.state,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, rng=rng or rng_state(),
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        s, state = self.s, self.state
+        n_batches = len(epoch_batches(self.split["train"], s.seed, 0, s.batch_size))
+        self.bar = tqdm(
+            total=s.epochs * n_batches, initial=min(state.epoch, s.epochs) * n_batches + state.batch,
+            disable=not self.progress, unit="batch", desc=f"train {self.branch}", dynamic_ncols=True,
+        )  # fmt: skip
+        self.phase, self.batch_rng = "idle", None  # what a KeyboardInterrupt interrupts
+        stop_reason = None
+        try:
+            while stop_reason is None:
+                if state.epoch >= s.epochs:
+                    stop_reason = "completed"
+                elif s.patience is not None and state.bad_epochs >= s.patience:
+                    stop_reason = "early_stopping"
+                elif not self.train_epoch():
+                    self.checkpoint()
+                    stop_reason = "time_budget"
+                else:
+                    self.end_epoch()
+                    if self.out_of_time():
+                        stop_reason = "time_budget"
+        except KeyboardInterrupt:
+            # Before the optimiser step (or during validation) the state is that of
+            # the step's start; while the optimiser or the epoch's bookkeeping runs
+            # it may be half-updated, so the last checkpoint stands.
+            if self.phase in ("forward", "validate"):
+                self.checkpoint(self.batch_rng)
+            elif self.phase == "idle":
+                self.checkpoint()
+            raise
+        finally:
+            self.bar.close()
+        return self.finish(stop_reason)
+
+    def train_epoch(self) -> bool:
+        """Apply the remaining batches of the epoch in progress; False when the time budget ran out."""
+        s, state, model = self.s, self.state, self.model
+        batches = epoch_batches(self.split["train"], s.seed, state.epoch, s.batch_size)
+        model.train()
+        while state.batch < len(batches):
+            self.batch_rng, self.phase = rng_state(), "forward"
+            batch = AtomsBatch.from_frameset(self.frames, batches[state.batch], self.device, self.dtype)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = model(batch)
+            value = self.loss_fn(out["forces"], batch.forces)
+            if self.use_energy:
+                n = self.frames.n_atoms
+                value = value + s.energy_weight * self.loss_fn(out["energy"] / n, batch.energy / n)
+            value.backward()
+            if s.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+            self.phase = "step"
+            self.optimizer.step()
+            state.loss_sum += float(value.detach())
+            state.loss_count += 1
+            state.batch += 1
+            self.phase = "idle"
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=state.epoch + 1, loss=f"{state.loss_sum / state.loss_count:.4g}")
+            if s.checkpoint_every and state.batch % s.checkpoint_every == 0 and state.batch < len(batches):
+                self.checkpoint()
+            if self.out_of_time():
+                return False
+        return True
+
+    def end_epoch(self) -> None:
+        """Validate; update best model, schedule and early stopping; close the epoch on disk."""
+        s, state = self.s, self.state
+        self.batch_rng, self.phase = rng_state(), "validate"
+        scores = evaluate_forces(
+            self.model,
+            self.frames,
+            self.split["val"],
+            batch_size=s.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        val = scores["force_mae_meV_A"]
+        self.phase = "closing"
+        if val < state.best_val:
+            _model_io.save_model_atomic(self.model, self.paths[BEST])
+            state.best_val, state.best_epoch, state.bad_epochs = val, state.epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        if s.scheduler == "plateau":
+            self.scheduler.step(val)
+        else:
+            self.scheduler.step()
+        row = {
+            "epoch": state.epoch + 1,
+            "train_loss": state.loss_sum / max(state.loss_count, 1),
+            "val_force_mae_meV_A": val,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed_s": self.elapsed(),
+            "val_energy_mae_meV_atom": scores["energy_mae_meV_atom"] if self.use_energy else float("nan"),
+        }
+        state.history.append(row)
+        state.epoch += 1
+        state.batch, state.loss_sum, state.loss_count = 0, 0.0, 0
+        # Checkpoint first: history.csv is rewritten from the checkpoint on resume.
+        self.checkpoint()
+        self.phase = "idle"
+        write_history(self.paths[HISTORY], state.history)
+        _model_io.save_model_atomic(self.model, self.paths[LAST])
+        self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4g}", val=f"{val:.1f} meV/Å")
+
+    def finish(self, stop_reason: str) -> TrainResult:
+        paths, state = self.paths, self.state
+        _model_io.save_model_atomic(self.model, paths[LAST])
+        if not paths[BEST].exists():  # nothing validated yet: the current model stands in
+            _model_io.save_model_atomic(self.model, paths[BEST])
+        result = TrainResult(
+            out_dir=self.out, best_path=paths[BEST], last_path=paths[LAST], history=history_frame(state.history),
+            best_epoch=state.best_epoch, best_val_force_mae=state.best_val, epochs_completed=state.epoch,
+            stop_reason=stop_reason, elapsed_s=state.elapsed_s, resumed=self.resumed,
+        )  # fmt: skip
+        record_result(paths[CONFIG], result)
+        return result

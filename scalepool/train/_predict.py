@@ -1,0 +1,224 @@
+"""Model predictions: batched force inference, validation scores and the prediction cache.
+
+The prediction cache is the ``.npz`` that the scale layer and the studies read
+(keys in :mod:`scalepool.data.keys`):
+
+| array | shape | unit |
+| --- | --- | --- |
+| ``forces_ref`` | (F, N, 3) float32 | eV/Å, reference forces |
+| ``forces_<branch>`` | (F, N, 3) float32 | eV/Å, one per run (``forces_short``, ``forces_long``) |
+| ``numbers`` | (N,) int64 | atomic numbers |
+| ``cell`` | (F, 3, 3) float64 | Å, rows are cell vectors (absent for open boundaries) |
+| ``positions`` | (F, N, 3) float64 | Å |
+| ``split`` | (F,) int64 | 0 train, 1 val, 2 test |
+| ``meta`` | () | JSON: runs, branches, anchors {"0": first branch, "1": second}, dataset checksum, split |
+
+``F`` is the number of dataset frames in the three split blocks: frames in the
+gaps between blocks (``split_gap > 0``) are left out, and ``meta["frame_index"]``
+gives the dataset frame of every cache row (``0..F-1`` without gaps).  The
+format is the one :class:`scalepool.scales.PredictionCache` reads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import FrameSet, save_npz_atomic
+from ..data import keys as K
+from ..models import AtomsBatch
+from ..units import EV_TO_MEV
+from . import _model_io
+from ._common import BEST, TrainError, chmod_default, git_commit, resolve_device, resolve_dtype, versions
+from ._run_config import read_run_config
+
+
+def predict_forces(
+    model: torch.nn.Module,
+    frames: FrameSet,
+    indices=None,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+    progress: bool = False,
+    desc: str = "predict",
+) -> dict[str, np.ndarray]:
+    """Forces and energies of the frames ``indices`` (all when ``None``), in eval mode.
+
+    Returns ``{"forces": (n, N, 3) float32 eV/Å, "energy": (n,) float64 eV}``.
+    The model is moved to ``device``/``dtype`` and its train/eval mode restored.
+    """
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    idx = np.arange(frames.n_frames) if indices is None else np.atleast_1d(np.asarray(indices))
+    if batch_size < 1:
+        raise TrainError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.to(device=dev, dtype=dt)
+    model.eval()
+    forces = np.empty((len(idx), frames.n_atoms, 3), dtype=np.float32)
+    energy = np.empty(len(idx), dtype=np.float64)
+    try:
+        for lo in tqdm(
+            range(0, len(idx), batch_size), disable=not progress, desc=desc, unit="batch", dynamic_ncols=True
+        ):
+            chunk = idx[lo : lo + batch_size]
+            batch = AtomsBatch.from_frameset(frames, chunk, dev, dt)
+            with torch.enable_grad():  # forces are energy gradients
+                out = model(batch)
+            forces[lo : lo + len(chunk)] = (
+                out["forces"].detach().reshape(len(chunk), frames.n_atoms, 3).cpu().numpy()
+            )
+            energy[lo : lo + len(chunk)] = out["energy"].detach().cpu().double().numpy()
+    finally:
+        model.train(was_training)
+    return {"forces": forces, "energy": energy}
+
+
+def evaluate_forces(model, frames: FrameSet, indices, **kwargs) -> dict[str, float]:
+    """Force MAE (meV/Å, over components) and energy MAE (meV/atom, NaN without energies).
+
+    ``kwargs`` go to :func:`predict_forces`.
+    """
+    idx = np.atleast_1d(np.asarray(indices))
+    pred = predict_forces(model, frames, idx, **kwargs)
+    force_mae = float(np.abs(pred["forces"].astype(np.float64) - frames.forces[idx]).mean() * EV_TO_MEV)
+    energy_mae = float("nan")
+    if frames.energy is not None:
+        energy_mae = float(np.abs(pred["energy"] - frames.energy[idx]).mean() / frames.n_atoms * EV_TO_MEV)
+    return {"force_mae_meV_A": force_mae, "energy_mae_meV_atom": energy_mae}
+
+
+def _split_of(configs: list[tuple[Path, dict[str, Any]]], split_fractions, split_gap):
+    """The one split every run was trained with, checked against an explicit request."""
+    seen = {}
+    for run, config in configs:
+        seen.setdefault((tuple(config["split"]["fractions"]), int(config["split"]["gap"])), []).append(
+            str(run)
+        )
+    if len(seen) > 1:
+        listing = "; ".join(f"fractions {f} gap {g}: {runs}" for (f, g), runs in seen.items())
+        raise TrainError(
+            f"the runs were trained with different splits ({listing}); their predictions cannot share one cache"
+        )
+    fractions, gap = next(iter(seen))
+    if split_fractions is not None and tuple(float(f) for f in split_fractions) != tuple(fractions):
+        raise TrainError(
+            f"split_fractions {tuple(split_fractions)} differ from the runs' training split {fractions}"
+        )
+    if split_gap is not None and int(split_gap) != gap:
+        raise TrainError(f"split_gap {split_gap} differs from the runs' training split gap {gap}")
+    return fractions, gap
+
+
+def predict_cache(
+    runs: list[str | os.PathLike],
+    frames: FrameSet,
+    out_path: str | os.PathLike,
+    split_fractions: tuple[float, float, float] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1,
+    *,
+    split_gap: int | None = None,
+    model_file: str = BEST,
+    dtype: str | torch.dtype | None = None,
+    data_path: str | os.PathLike | None = None,
+    check_dataset: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Predict every frame with each run's model and write the prediction cache.
+
+    Parameters
+    ----------
+    runs : run directories of :func:`train`; each gives ``forces_<branch>``
+        (branch from its ``config.json``), in this order (anchors "0", "1";
+        one run is both anchors)
+    frames : the dataset the runs were trained on
+    out_path : ``.npz`` file, written atomically
+    split_fractions, split_gap : ``None`` takes the runs' training split (they
+        must agree); an explicit value must equal it
+    device, batch_size, dtype : inference settings (dtype default: the run's
+        training dtype)
+    model_file : model inside each run directory (``best.pt`` or ``last.pt``)
+    data_path : dataset file, recorded in ``meta``
+    check_dataset : refuse ``frames`` whose checksum differs from the runs'
+        training dataset (the split would not mean the same frames)
+
+    Returns the path written.  The schema is in the module docstring.
+    """
+    if not runs:
+        raise TrainError("predict_cache needs at least one run directory")
+    dev = resolve_device(device)
+    configs = [(Path(run), read_run_config(run)) for run in runs]
+    branches = [config["branch"] for _, config in configs]
+    duplicates = sorted({b for b in branches if branches.count(b) > 1})
+    if duplicates:
+        raise TrainError(f"several runs have branch {duplicates}; each forces_<branch> key must be unique")
+    if "ref" in branches:
+        raise TrainError("a run's branch is named 'ref', which collides with forces_ref")
+    checksum = frames.checksum()
+    for run, config in configs:
+        if check_dataset and config["dataset"]["checksum"] != checksum:
+            raise TrainError(
+                f"run {run} was trained on dataset {config['dataset'].get('path')} with checksum "
+                f"{config['dataset']['checksum'][:16]}..., but these frames have {checksum[:16]}...; "
+                "pass the training dataset (or check_dataset=False)"
+            )
+        if not (run / model_file).exists():
+            raise FileNotFoundError(f"run {run} has no {model_file}; has it finished an epoch?")
+    fractions, gap = _split_of(configs, split_fractions, split_gap)
+
+    blocks = frames.split_indices(fractions, gap)
+    keep = np.concatenate([blocks["train"], blocks["val"], blocks["test"]])  # time order; gap frames left out
+    split = np.concatenate(
+        [np.full(len(blocks[name]), K.SPLIT_CODES[name]) for name in ("train", "val", "test")]
+    )
+    arrays = {
+        K.FORCES_REF: frames.forces[keep].astype(np.float32),
+        K.NUMBERS: frames.numbers.astype(np.int64),
+        K.POSITIONS: frames.positions[keep],
+        K.SPLIT: split.astype(np.int64),
+    }
+    if frames.cell is not None:
+        arrays[K.CELL] = frames.cell[keep]
+    for run, config in configs:
+        model = _model_io.load_model(run / model_file, map_location=dev)
+        run_dtype = dtype if dtype is not None else config["request"].get("dtype", "float32")
+        pred = predict_forces(
+            model,
+            frames,
+            keep,
+            batch_size=batch_size,
+            device=dev,
+            dtype=run_dtype,
+            progress=progress,
+            desc=f"predict {config['branch']}",
+        )
+        arrays[K.FORCE_PART_PREFIX + config["branch"]] = pred["forces"]
+    meta = {
+        "runs": [str(run.resolve()) for run, _ in configs],
+        "model_file": model_file,
+        "branches": branches,
+        # s = 0 and s = 1; a single run is both ends of a degenerate scale
+        "anchors": {"0": branches[0], "1": branches[min(1, len(branches) - 1)]},
+        "frame_index": keep.tolist(),
+        "dataset_checksum": checksum,
+        "dataset_path": None if data_path is None else str(Path(data_path).resolve()),
+        "split_fractions": list(fractions),
+        "split_gap": gap,
+        "split_codes": K.SPLIT_CODES,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    arrays[K.META] = np.array(json.dumps(meta, sort_keys=True))
+    path = save_npz_atomic(out_path, arrays)
+    chmod_default(path)
+    return path

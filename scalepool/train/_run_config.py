@@ -1,0 +1,105 @@
+"""``config.json`` of a run: what was asked, on which data, with which code; read back by prediction."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ._common import CONFIG, TrainError, git_commit, versions, write_json_atomic
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a run directory, with a clear error when it is not one."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run}")
+    path = run / CONFIG
+    if not path.exists():
+        raise TrainError(f"{run} is not a training run: it has no {CONFIG}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TrainError(f"{path} is not valid JSON: {err}") from err
+    for key in ("branch", "request", "dataset", "split"):
+        if key not in config:
+            raise TrainError(f"{path} lacks '{key}'; was it written by scalepool train?")
+    return config
+
+
+def write_run_config(
+    path: Path,
+    *,
+    resumed,
+    request,
+    frames,
+    checksum,
+    split,
+    data_path,
+    epochs,
+    max_minutes,
+    device,
+    checkpoint_every,
+    state,
+) -> None:
+    """Write (fresh run) or update (resumed run: one more session) ``config.json``.
+
+    ``request`` holds the settings a resume must repeat, ``split`` the
+    ``{"train", "val", "test"}`` index arrays (stored as [start, stop) blocks).
+    """
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    session = {
+        "started": now,
+        "resumed_at_epoch": state.epoch if resumed else None,
+        "resumed_at_batch": state.batch if resumed else None,
+        "epochs": epochs,
+        "max_minutes": max_minutes,
+        "device": str(device),
+        "checkpoint_every": checkpoint_every,
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    old = {}
+    if resumed and path.exists():
+        old = json.loads(path.read_text())
+    config = {
+        "created": old.get("created", now),
+        "branch": request["branch"],
+        "seed": request["seed"],
+        "request": request,
+        "dataset": {
+            "path": None if data_path is None else str(Path(data_path).resolve()),
+            "checksum": checksum,
+            "n_frames": frames.n_frames,
+            "n_atoms": frames.n_atoms,
+            "species": sorted(set(frames.numbers.tolist())),
+            "has_energy": frames.energy is not None,
+            "meta": frames.meta,
+        },
+        "split": {
+            "fractions": request["split_fractions"],
+            "gap": request["split_gap"],
+            **{name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in split.items()},
+        },
+        "sessions": old.get("sessions", []) + [session],
+        "result": old.get("result"),
+    }
+    write_json_atomic(path, config)
+
+
+def record_result(path: Path, result) -> None:
+    """Store how the session ended (a :class:`TrainResult`) under ``"result"``."""
+    config = json.loads(path.read_text())
+    config["result"] = {
+        "stop_reason": result.stop_reason,
+        "epochs_completed": result.epochs_completed,
+        "best_epoch": result.best_epoch,
+        "best_val_force_mae_meV_A": None
+        if math.isinf(result.best_val_force_mae)
+        else result.best_val_force_mae,
+        "elapsed_s": result.elapsed_s,
+    }
+    write_json_atomic(path, config)

@@ -1,0 +1,148 @@
+"""Training state: what a checkpoint holds, how it is written, and the history file.
+
+A checkpoint (``checkpoint.pt``) is one ``torch.save`` dictionary:
+
+- ``format``: :data:`CHECKPOINT_FORMAT`;
+- ``request``: the parameters that must not change on resume (model config,
+  optimiser and loss settings, split, seed, dtype), and ``dataset_checksum``;
+- ``progress``: a :class:`Progress` as a dict (epoch, batch position, running
+  train-loss sums, best-so-far, early-stopping counter, elapsed time and the
+  full metrics history);
+- ``model``, ``optimizer``, ``scheduler``: state dicts;
+- ``rng``: torch CPU (and CUDA) generator states at the batch position.
+
+Everything is plain tensors and Python values, so it loads with
+``torch.load(..., weights_only=True)``.  The history lives in the checkpoint and
+``history.csv`` is rewritten from it, so after a crash and resume the file never
+has a duplicated or a missing epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ._common import TrainError, canonical_json, torch_save_atomic, write_text_atomic
+
+CHECKPOINT_FORMAT = "scalepool-train-checkpoint/1"
+
+#: Columns of ``history.csv``: epoch (1-based), mean train loss over the
+#: epoch's batches (loss units: eV/Å for "mae", (eV/Å)^2 for "mse"), validation
+#: force MAE in meV/Å over force components, learning rate at the end of the
+#: epoch, training time so far in seconds (all sessions), and validation energy
+#: MAE in meV/atom (NaN without reference energies).
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_force_mae_meV_A", "lr", "elapsed_s", "val_energy_mae_meV_atom"]
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands; everything needed to continue it exactly.
+
+    ``epoch`` counts completed epochs (it is the 0-based index of the epoch in
+    progress) and ``batch`` the batches of that epoch already applied.
+    ``loss_sum``/``loss_count`` accumulate the epoch's batch losses so that the
+    epoch's train loss is the same whether or not the run was interrupted.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    best_val: float = math.inf  # meV/Å
+    best_epoch: int | None = None  # 1-based epoch of best.pt
+    bad_epochs: int = 0  # epochs since the last improvement (early stopping)
+    elapsed_s: float = 0.0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    request: dict[str, Any],
+    dataset_checksum: str,
+    progress: Progress,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: dict[str, Any],
+) -> None:
+    """Write the full training state atomically (temporary file, then ``os.replace``)."""
+    torch_save_atomic(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "request": canonical_json(request),
+            "dataset_checksum": dataset_checksum,
+            "progress": progress.as_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise TrainError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not a scalepool training checkpoint ({CHECKPOINT_FORMAT})")
+    return state
+
+
+def check_resumable(
+    state: dict[str, Any], request: dict[str, Any], dataset_checksum: str, path: Path
+) -> None:
+    """Refuse to resume a checkpoint made for another request or dataset."""
+    if state["dataset_checksum"] != dataset_checksum:
+        raise TrainError(
+            f"cannot resume {path}: it was trained on a dataset with checksum "
+            f"{state['dataset_checksum'][:16]}..., the requested dataset has {dataset_checksum[:16]}...; "
+            "use the original dataset or a new output directory"
+        )
+    old, new = state["request"], canonical_json(request)
+    differ = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    if differ:
+        details = "; ".join(
+            f"{key}: checkpoint {old.get(key)!r} vs requested {new.get(key)!r}" for key in differ
+        )
+        raise TrainError(
+            f"cannot resume {path}: the run was started with different settings ({details}); "
+            "repeat the original settings or use a new output directory"
+        )
+
+
+def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    """Rewrite ``history.csv`` atomically from the rows kept in the checkpoint."""
+    write_text_atomic(path, history_frame(rows).to_csv(index=False, float_format="%.10g"))
