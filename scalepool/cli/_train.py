@@ -33,13 +33,13 @@ def _option(text: str) -> tuple[str, object]:
 def register(commands) -> None:
     train = commands.add_parser(
         "train",
-        help="train one force branch (short or long range) with checkpoints and resume",
+        help="train one force branch (short range, long range or MuSE) with checkpoints and resume",
         description="Train a force branch on the training block of a time-block split, validating on the "
         "validation block every epoch. RUN receives checkpoint.pt, best.pt, last.pt, history.csv and "
         "config.json. Repeating the command on an interrupted RUN resumes it exactly where it stopped; "
         "different settings or another dataset are refused.",
     )
-    train.add_argument("--branch", required=True, choices=["short", "long"], help="which branch to build")
+    train.add_argument("--branch", required=True, choices=["short", "long", "muse"], help="which branch to build")
     train.add_argument("--data", required=True, type=Path, help="dataset .npz (scalepool data nacl)")
     train.add_argument("--out", required=True, type=Path, help="run directory (created or resumed)")
     train.add_argument("--epochs", type=int, default=100, help="total epochs of the run (default 100)")
@@ -120,9 +120,11 @@ def register(commands) -> None:
 def _setup(args) -> None:
     import torch
 
+    from ..models import keep_freed_memory
     from ..train import resolve_device
 
     resolve_device(args.device)  # fail before loading anything
+    keep_freed_memory()  # halves the CPU cost of a model step (see scalepool.models._allocator)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

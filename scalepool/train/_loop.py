@@ -163,7 +163,7 @@ def train(
 
 
 #: Run names of the testbed branches, by model class (see :func:`default_branch_name`).
-BRANCH_NAMES = {"ShortRangeBranch": "short", "LongRangeBranch": "long"}
+BRANCH_NAMES = {"ShortRangeBranch": "short", "LongRangeBranch": "long", "MuSE": "muse"}
 
 
 def default_branch_name(config: dict) -> str:

@@ -1,0 +1,146 @@
+"""The two force branches of the NaCl testbed: short-range and long-range.
+
+- :class:`ShortRangeBranch`: a backbone at a short cutoff (4.5 Å: the first
+  solvation shell of Na+ and the O-O first peak, nothing beyond).
+- :class:`LongRangeBranch`: a backbone at a longer cutoff (6 Å) plus the
+  :class:`LatentChargeEwald` head, whose charges come from the backbone's
+  scalar features and whose energy reaches every periodic image.
+
+Both are :class:`ForceModel` s with the same interface as their backbone, so
+the scale layer and the training loop treat them alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ._base import Features, ForceModel, register_model
+from ._batch import AtomsBatch
+from ._electrostatics import LatentChargeEwald
+from ._painn import PaiNN
+from ._schnet import SchNet
+
+#: Backbone names accepted by the branches.
+BACKBONES: dict[str, type[ForceModel]] = {"painn": PaiNN, "schnet": SchNet}
+SHORT_CUTOFF = 4.5  # Å
+LONG_CUTOFF = 6.0  # Å
+
+
+def _backbone(name: str, cutoff: float, options: dict[str, Any]) -> ForceModel:
+    if name not in BACKBONES:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
+    return BACKBONES[name](cutoff=cutoff, **options)
+
+
+class _Branch(ForceModel):
+    """A backbone whose species scale and shift live on the branch."""
+
+    backbone: ForceModel
+
+    def _init_backbone(self, backbone: str, cutoff: float, options: dict[str, Any]) -> None:
+        self.backbone = _backbone(backbone, cutoff, options)
+        self.n_features = self.backbone.n_features
+        # Store the backbone's resolved settings, not only the overrides, so a
+        # saved model still loads after a default changes.
+        resolved = {k: v for k, v in self.backbone.config.items() if k not in ("class", "cutoff")}
+        self.config.update(resolved)
+
+    def embed(self, batch: AtomsBatch) -> Features:
+        return self.backbone.embed(batch)
+
+    def _backbone_energies(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
+        # The backbone's own scale/shift buffers stay at identity; the branch's apply.
+        raw = self.backbone.energy_head(features.scalar).squeeze(-1)
+        return self.scale_shift(raw, batch.numbers)
+
+
+@register_model
+class ShortRangeBranch(_Branch):
+    """Backbone at a short cutoff (default 4.5 Å).
+
+    Parameters
+    ----------
+    cutoff : Å
+    backbone : ``"painn"`` (default) or ``"schnet"``
+    **backbone_options : passed to the backbone (``n_features``, ``n_interactions``, ...)
+    """
+
+    def __init__(self, cutoff: float = SHORT_CUTOFF, backbone: str = "painn", **backbone_options):
+        super().__init__(cutoff, dict(cutoff=float(cutoff), backbone=backbone, **backbone_options))
+        self._init_backbone(backbone, cutoff, backbone_options)
+
+    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
+        return self._backbone_energies(batch, features)
+
+
+@register_model
+class LongRangeBranch(_Branch):
+    """Backbone at a longer cutoff (default 6 Å) plus latent-charge Ewald electrostatics.
+
+    Per-atom energy: ``scale_Z * backbone(features) + shift_Z + q_i V_i``; the
+    electrostatic term is physical (eV) and is not rescaled.
+
+    Parameters
+    ----------
+    cutoff : Å, of the backbone
+    backbone : ``"painn"`` (default) or ``"schnet"``
+    electrostatics : keyword arguments of :class:`LatentChargeEwald`
+        (``fixed_charges``, ``method``, ``smearing``, ...); ``n_features`` is
+        taken from the backbone
+    **backbone_options : passed to the backbone
+    """
+
+    def __init__(
+        self,
+        cutoff: float = LONG_CUTOFF,
+        backbone: str = "painn",
+        electrostatics: dict[str, Any] | None = None,
+        **backbone_options,
+    ):
+        head_options = dict(electrostatics or {})
+        head_options.pop("n_features", None)
+        super().__init__(cutoff, dict(cutoff=float(cutoff), backbone=backbone, **backbone_options))
+        self._init_backbone(backbone, cutoff, backbone_options)
+        self.electrostatics = LatentChargeEwald(n_features=self.n_features, **head_options)
+        self.config["electrostatics"] = dict(self.electrostatics.options)
+
+    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
+        return self._backbone_energies(batch, features) + self.electrostatics(batch, features.scalar)
+
+    def charges(self, batch: AtomsBatch) -> torch.Tensor:
+        """Neutral per-atom charges (n_atoms,), e, as the head uses them."""
+        return self.electrostatics.charges(batch, self.embed(batch).scalar)
+
+
+_ELECTROSTATICS_KEYS = set(inspect.signature(LatentChargeEwald).parameters) - {"n_features"}
+
+
+def build_branch(kind: str, **overrides) -> ForceModel:
+    """``"short"`` or ``"long"`` branch with the default settings, updated by ``overrides``.
+
+    Keys that name a :class:`LatentChargeEwald` argument (``fixed_charges``,
+    ``method``, ``smearing``, ``mesh_spacing``, ...) go to the long branch's
+    electrostatics head; the rest to the branch and its backbone
+    (``cutoff``, ``backbone``, ``n_features``, ``n_interactions``, ...).
+
+    >>> build_branch("long", n_features=16, fixed_charges=True).cutoff
+    6.0
+    """
+    if kind == "short":
+        bad = _ELECTROSTATICS_KEYS & set(overrides)
+        if bad:
+            raise ValueError(f"the short branch has no electrostatics; got {sorted(bad)}")
+        return ShortRangeBranch(**overrides)
+    if kind == "long":
+        electrostatics = dict(overrides.pop("electrostatics", None) or {})
+        for key in _ELECTROSTATICS_KEYS & set(overrides):
+            electrostatics[key] = overrides.pop(key)
+        return LongRangeBranch(electrostatics=electrostatics, **overrides)
+    if kind == "muse":
+        from ._muse import build_muse_branch
+
+        return build_muse_branch(**overrides)
+    raise ValueError(f"branch kind must be 'short', 'long' or 'muse', got {kind!r}")

@@ -1,0 +1,276 @@
+"""Long-range electrostatics head: latent (or fixed) charges summed with torch-pme.
+
+Per-atom charges ``q_i`` (units of e) are predicted from backbone scalar
+features, or taken from a per-species table (``fixed_charges=True``), then
+projected to a neutral frame by subtracting the frame mean.  torch-pme returns
+per-atom potentials ``V_i = 1/2 sum_j q_j v(r_ij)`` (the 1/2 for double
+counting is inside ``V``), so the per-atom energy is ``q_i V_i`` and the frame
+energy ``sum_i q_i V_i``, in eV with the prefactor ``e^2 / (4 pi eps0)`` in eV Å.
+The real-space part reads a half neighbour list (each pair once).
+
+Ewald parameters are fixed by default, chosen once for water density: P3M
+with smearing 1.4 Å, mesh spacing 1.2 Å, 4 interpolation nodes and a 6 Å
+real-space cutoff reproduced a converged P3M reference on a 1,530-atom, 25 Å
+water box with TIP3P/ion charges to 0.1 meV/Å force RMSE (0.9 meV/Å max) and
+8 µeV/atom energy, in ~45 ms.  (torch-pme's ``tune_p3m`` at accuracy 1e-3
+picked smearing 1.86 Å and a 32^3 mesh: 3.2 meV/Å RMSE, -0.8 meV/atom, and
+took 17-30 s.)  The settings depend on density and charge magnitudes, not on
+the box size.  ``tune=True`` instead runs torch-pme's tuner once per cell
+shape (cache keyed by the cell rounded to 0.01 Å).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torchpme
+from ase.data import atomic_numbers, chemical_symbols
+from torch import nn
+
+from .. import units
+from ._batch import AtomsBatch
+from ._radial import MLP
+from ._scatter import scatter_sum
+
+#: Point charges of the NaCl testbed force field (TIP3P water, Joung-Cheatham ions), e.
+TESTBED_CHARGES = {"O": -0.834, "H": 0.417, "Na": 1.0, "Cl": -1.0}
+METHODS = ("p3m", "pme", "ewald")
+#: Fixed Ewald parameters for water density (see the module docstring).
+DEFAULT_SMEARING = 1.4  # Å
+DEFAULT_MESH_SPACING = 1.2  # Å
+DEFAULT_INTERPOLATION_NODES = 4
+DEFAULT_REAL_SPACE_CUTOFF = 6.0  # Å
+
+
+def _charge_table(charges: dict[str, float] | None) -> dict[str, float]:
+    """Normalise ``{symbol or Z: charge}`` to ``{symbol: charge}`` (JSON-able)."""
+    table = {}
+    for key, value in (charges or TESTBED_CHARGES).items():
+        symbol = chemical_symbols[int(key)] if str(key).isdigit() else str(key)
+        if symbol not in atomic_numbers:
+            raise ValueError(f"unknown element {key!r} in charge table")
+        table[symbol] = float(value)
+    return table
+
+
+class LatentChargeEwald(nn.Module):
+    """Per-atom electrostatic energies ``q_i V_i`` (eV) of neutral charges.
+
+    Parameters
+    ----------
+    n_features : width of the scalar features the charges are predicted from
+    fixed_charges : True takes charges from ``charges`` (a frozen buffer);
+        False predicts them with a small MLP on the features
+    charges : ``{element symbol or Z: charge in e}``; defaults to the testbed
+        force field (O -0.834, H +0.417, Na +1, Cl -1); used when fixed
+    method : ``"p3m"`` (default), ``"pme"`` or ``"ewald"`` (small cells only)
+    smearing : Å, Gaussian width splitting real and reciprocal space
+    mesh_spacing : Å, P3M/PME mesh resolution
+    interpolation_nodes : P3M/PME interpolation order
+    lr_wavelength : Å, Ewald reciprocal cutoff ``2 pi / k_max`` (default ``smearing / 2``)
+    real_space_cutoff : Å, neighbour cutoff of the real-space sum
+    exclusion_radius : Å or None; torch-pme then smoothly removes the
+        interaction inside this radius (left to the short-range model)
+    tune : run torch-pme's tuner once per cell shape instead of the fixed values
+    accuracy : target of the tuner
+    """
+
+    def __init__(
+        self,
+        n_features: int = 64,
+        fixed_charges: bool = False,
+        charges: dict[str, float] | None = None,
+        method: str = "p3m",
+        smearing: float = DEFAULT_SMEARING,
+        mesh_spacing: float = DEFAULT_MESH_SPACING,
+        interpolation_nodes: int = DEFAULT_INTERPOLATION_NODES,
+        lr_wavelength: float | None = None,
+        real_space_cutoff: float = DEFAULT_REAL_SPACE_CUTOFF,
+        exclusion_radius: float | None = None,
+        tune: bool = False,
+        accuracy: float = 1e-3,
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        for name, value in (("smearing", smearing), ("mesh_spacing", mesh_spacing)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive (Å), got {value}")
+        if not real_space_cutoff > 0:
+            raise ValueError(f"real_space_cutoff must be positive (Å), got {real_space_cutoff}")
+        table = _charge_table(charges)
+        self.options: dict[str, Any] = dict(
+            fixed_charges=bool(fixed_charges),
+            charges=table,
+            method=method,
+            smearing=float(smearing),
+            mesh_spacing=float(mesh_spacing),
+            interpolation_nodes=int(interpolation_nodes),
+            lr_wavelength=None if lr_wavelength is None else float(lr_wavelength),
+            real_space_cutoff=float(real_space_cutoff),
+            exclusion_radius=None if exclusion_radius is None else float(exclusion_radius),
+            tune=bool(tune),
+            accuracy=float(accuracy),
+        )
+        self.fixed_charges = bool(fixed_charges)
+        self.method = method
+        self.real_space_cutoff = float(real_space_cutoff)
+        per_species = torch.zeros(119)
+        for symbol, value in table.items():
+            per_species[atomic_numbers[symbol]] = value
+        self.register_buffer("species_charges", per_species)
+        if self.fixed_charges:
+            self.charge_head = None
+        else:
+            self.charge_head = MLP(n_features, max(n_features // 2, 1), 1)
+            last = self.charge_head[-1]
+            nn.init.normal_(last.weight, std=0.1 / math.sqrt(last.in_features))
+            nn.init.zeros_(last.bias)
+        self._calculators: dict[tuple, torchpme.Calculator] = {}
+        self._tuned: dict[tuple, dict[str, float]] = {}
+
+    # ---------------------------------------------------------------- charges
+    def charges(self, batch: AtomsBatch, scalar: torch.Tensor | None = None) -> torch.Tensor:
+        """Neutral per-atom charges (n_atoms,), e; ``scalar`` : (n_atoms, F) features."""
+        if self.fixed_charges:
+            q = self.species_charges[batch.numbers].to(batch.positions.dtype)
+        else:
+            if scalar is None:
+                raise ValueError("latent charges need the backbone's scalar features (n_atoms, F)")
+            q = self.charge_head(scalar).squeeze(-1)
+        total = scatter_sum(q, batch.frame_index, batch.n_frames)
+        count = torch.bincount(batch.frame_index, minlength=batch.n_frames).to(q.dtype)
+        return q - (total / count)[batch.frame_index]
+
+    # ------------------------------------------------------------- parameters
+    def parameters_for(self, cell: torch.Tensor, charges=None, positions=None) -> dict[str, float]:
+        """Ewald parameters for one cell (3, 3): the fixed ones, or tuned and cached."""
+        opts = self.options
+        fixed = {
+            "smearing": opts["smearing"],
+            "mesh_spacing": opts["mesh_spacing"],
+            "interpolation_nodes": opts["interpolation_nodes"],
+            "lr_wavelength": opts["lr_wavelength"] or opts["smearing"] / 2,
+        }
+        if not opts["tune"]:
+            return fixed
+        key = (self.method, *torch.round(cell.detach().double() * 100).long().flatten().tolist())
+        if key not in self._tuned:
+            self._tuned[key] = self._run_tuner(cell, charges, positions, fixed)
+        return self._tuned[key]
+
+    def _run_tuner(self, cell, charges, positions, fixed) -> dict[str, float]:
+        from torchpme import tuning
+
+        rc = self.real_space_cutoff
+        cell64, pos64 = cell.detach().double(), positions.detach().double()
+        q = charges.detach().double().reshape(-1, 1)
+        if float((q * q).sum()) < 1e-12:
+            q = torch.ones_like(q)
+            q[1::2] = -1.0
+        from ..neighbors import neighbor_pairs
+
+        pairs, shifts = neighbor_pairs(pos64.numpy(), rc, cell64.numpy(), full_list=False)
+        pairs = torch.as_tensor(pairs)
+        dist = torch.linalg.vector_norm(
+            pos64[pairs[:, 1]] - pos64[pairs[:, 0]] + torch.as_tensor(shifts, dtype=torch.float64) @ cell64,
+            dim=-1,
+        )
+        tuner = {"p3m": tuning.tune_p3m, "pme": tuning.tune_pme, "ewald": tuning.tune_ewald}[self.method]
+        extra = {}
+        if self.method != "ewald":
+            # Meshes finer than ~0.5 Å never pay at these accuracies, and the
+            # tuner times every candidate: cap the search (2^k points per axis).
+            shortest = float(torch.linalg.vector_norm(cell64, dim=1).min())
+            extra["mesh_hi"] = max(3, min(7, int(math.floor(math.log2(4 * shortest + 1)))))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            smearing, params, _ = tuner(
+                q, cell64, pos64, rc, pairs, dist,
+                prefactor=units.COULOMB_EV_ANGSTROM, accuracy=self.options["accuracy"], **extra,
+            )  # fmt: skip
+        return {**fixed, "smearing": float(smearing), **{k: float(v) for k, v in params.items()}}
+
+    def _calculator(self, params: dict[str, float], dtype, device) -> torchpme.Calculator:
+        key = (self.method, tuple(sorted(params.items())), dtype, str(device))
+        calc = self._calculators.get(key)
+        if calc is None:
+            potential = torchpme.CoulombPotential(
+                smearing=params["smearing"],
+                exclusion_radius=self.options["exclusion_radius"],
+                prefactor=units.COULOMB_EV_ANGSTROM,
+            )
+            if self.method == "ewald":
+                calc = torchpme.EwaldCalculator(potential, lr_wavelength=params["lr_wavelength"])
+            else:
+                cls = torchpme.P3MCalculator if self.method == "p3m" else torchpme.PMECalculator
+                calc = cls(
+                    potential,
+                    mesh_spacing=params["mesh_spacing"],
+                    interpolation_nodes=int(params["interpolation_nodes"]),
+                )
+            calc = calc.to(device=device, dtype=dtype)
+            self._calculators[key] = calc
+        return calc
+
+    # ----------------------------------------------------------------- energy
+    def forward(self, batch: AtomsBatch, scalar: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-atom electrostatic energies ``q_i V_i`` (n_atoms,), eV.
+
+        Periodic frames use the chosen Ewald method; open frames (``cell`` is
+        None) a direct sum over all pairs.  Differentiable in positions, cell
+        and (latent) charges.
+        """
+        q = self.charges(batch, scalar)
+        pos, dtype = batch.positions, batch.positions.dtype
+        counts = torch.bincount(batch.frame_index, minlength=batch.n_frames).tolist()
+        offsets = [0]
+        for c in counts:
+            offsets.append(offsets[-1] + c)
+        if batch.cell is None:
+            pairs = torch.cat(
+                [
+                    torch.triu_indices(c, c, 1, device=pos.device).T + lo
+                    for c, lo in zip(counts, offsets[:-1], strict=True)
+                ]
+            )
+            shifts = torch.zeros_like(pairs[:, :1]).expand(-1, 3)
+        else:
+            pairs, shifts = batch.neighbors(self.real_space_cutoff, full_list=False)
+        dist = torch.linalg.vector_norm(batch.edge_vectors(pairs, shifts), dim=-1)
+        pair_frame = batch.frame_index[pairs[:, 0]]
+        bounds = torch.searchsorted(pair_frame, torch.arange(batch.n_frames + 1, device=pos.device)).tolist()
+        energies = []
+        for f in range(batch.n_frames):
+            lo, hi, plo, phi = offsets[f], offsets[f + 1], bounds[f], bounds[f + 1]
+            q_f = q[lo:hi].unsqueeze(-1)
+            idx, d = pairs[plo:phi] - lo, dist[plo:phi]
+            if batch.cell is None:
+                calc = self._direct_calculator(dtype, pos.device)
+                cell = torch.zeros(3, 3, dtype=dtype, device=pos.device)
+            else:
+                cell = batch.cell[f]
+                calc = self._calculator(self.parameters_for(cell, q_f, pos[lo:hi]), dtype, pos.device)
+            potential = calc(q_f, cell, pos[lo:hi], idx, d)
+            energies.append((q_f * potential).squeeze(-1))
+        return torch.cat(energies)
+
+    def _direct_calculator(self, dtype, device) -> torchpme.Calculator:
+        key = ("direct", dtype, str(device))
+        if key not in self._calculators:
+            potential = torchpme.CoulombPotential(prefactor=units.COULOMB_EV_ANGSTROM)
+            self._calculators[key] = torchpme.Calculator(potential).to(device=device, dtype=dtype)
+        return self._calculators[key]
+
+    def __getstate__(self):
+        # Calculators are rebuilt on demand; they hold cell-dependent tensors
+        # that may belong to an autograd graph, which cannot be copied.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_calculators": {}}
+
+    def extra_repr(self) -> str:
+        o = self.options
+        return f"method={o['method']}, fixed_charges={o['fixed_charges']}, smearing={o['smearing']}"

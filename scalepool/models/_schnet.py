@@ -1,0 +1,136 @@
+"""SchNet: continuous-filter convolutions on scalar features.
+
+Architecture of Schütt et al. (J. Chem. Phys. 2018): a species embedding,
+``n_interactions`` blocks ``s_i += MLP(sum_j (W_in s_j) ⊙ W_l(r_ij))`` and an
+atom-wise readout.  Scalars only (``Features.vector`` is ``None``), which makes
+it the cheapest backbone for the MuSE coarse levels.
+
+Filters are fused across blocks: the first filter layer
+``h = ssp(rbf W_1 + b_1) * envelope(r)`` is computed once per edge and each
+block applies only a bias-free linear map ``W_l = h W_2^(l)``, so every filter
+vanishes smoothly at the cutoff.  Sums over edges use the chunked kernel
+:func:`gather_mul_scatter`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._base import Features, ForceModel, register_model
+from ._batch import AtomsBatch
+from ._edge_ops import gather_mul_scatter
+from ._radial import MLP, cutoff_envelope, radial_basis, shifted_softplus
+from ._scatter import scatter_sum
+
+AGGREGATIONS = ("fused", "index_add", "torch_scatter")
+
+
+class SchNetInteraction(nn.Module):
+    """``s += MLP(sum_j (W_in s_j) ⊙ filter_ij)`` with F features."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.into = nn.Linear(n_features, n_features, bias=False)
+        self.out = MLP(n_features, n_features, n_features, activation="ssp")
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        filters: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        aggregation: str = "fused",
+    ) -> torch.Tensor:
+        """s : (n, F); filters : (E, F); centers, neighbors : (E,) int64 -> (n, F)."""
+        x = self.into(s)
+        if aggregation == "fused":
+            m = gather_mul_scatter(x, filters, neighbors, centers, s.shape[0])
+        else:
+            msg = torch.index_select(x, 0, neighbors) * filters
+            m = scatter_sum(msg, centers, s.shape[0], aggregation == "torch_scatter")
+        return s + self.out(m)
+
+
+@register_model
+class SchNet(ForceModel):
+    """SchNet backbone behind the :class:`ForceModel` interface.
+
+    Parameters
+    ----------
+    cutoff : Å
+    n_features : width F of the scalar features and filters
+    n_interactions : convolution blocks
+    n_rbf : radial basis functions
+    radial_basis : ``"gaussian"`` (default, as in SchNet) or ``"bessel"``
+    cutoff_function : ``"cosine"`` (default, as in SchNet) or ``"polynomial"``
+    aggregation : ``"fused"`` (default), ``"index_add"`` or ``"torch_scatter"``
+    """
+
+    def __init__(
+        self,
+        cutoff: float = 5.0,
+        n_features: int = 64,
+        n_interactions: int = 3,
+        n_rbf: int = 25,
+        radial_basis: str = "gaussian",
+        cutoff_function: str = "cosine",
+        aggregation: str = "fused",
+    ):
+        super().__init__(
+            cutoff,
+            dict(
+                cutoff=float(cutoff),
+                n_features=int(n_features),
+                n_interactions=int(n_interactions),
+                n_rbf=int(n_rbf),
+                radial_basis=radial_basis,
+                cutoff_function=cutoff_function,
+                aggregation=aggregation,
+            ),
+        )
+        if n_features < 1 or n_interactions < 1 or n_rbf < 1:
+            raise ValueError(
+                f"n_features, n_interactions and n_rbf must be positive, got {n_features}, "
+                f"{n_interactions}, {n_rbf}"
+            )
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.n_features = int(n_features)
+        self.n_interactions = int(n_interactions)
+        self.n_rbf = int(n_rbf)
+        self.radial_basis = radial_basis
+        self.cutoff_function = cutoff_function
+        self.aggregation = aggregation
+        self.embedding = nn.Embedding(119, n_features)
+        self.filter_in = nn.Linear(n_rbf, n_features)
+        self.filter_out = nn.Linear(n_features, n_features * n_interactions, bias=False)
+        self.interactions = nn.ModuleList(SchNetInteraction(n_features) for _ in range(n_interactions))
+        self.energy_head = MLP(n_features, max(n_features // 2, 1), 1, activation="ssp")
+
+    def embed(self, batch: AtomsBatch) -> Features:
+        pairs, shifts = batch.neighbors(self.cutoff)
+        vectors = batch.edge_vectors(pairs, shifts)
+        return self.embed_edges(batch.numbers, vectors, pairs)
+
+    def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
+        """Features from a full neighbour list.
+
+        numbers : (n,) atomic numbers; vectors : (E, 3) Å, r_ij = x_j - x_i;
+        pairs : (E, 2) int64, (i, j), both directions present
+        """
+        centers, neighbors = pairs[:, 0], pairs[:, 1]
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        rbf = radial_basis(r, self.n_rbf, self.cutoff, self.radial_basis)
+        hidden = shifted_softplus(self.filter_in(rbf)) * cutoff_envelope(
+            r, self.cutoff, self.cutoff_function
+        ).unsqueeze(-1)
+        weights = self.filter_out.weight.split(self.n_features, dim=0)
+        s = self.embedding(numbers)
+        for block, weight in zip(self.interactions, weights, strict=True):
+            filters = nn.functional.linear(hidden, weight)
+            s = block(s, filters, centers, neighbors, self.aggregation)
+        return Features(s, None)
+
+    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
+        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)

@@ -1,0 +1,44 @@
+"""Physics property checks for force models, and small synthetic systems.
+
+``assert_*`` helpers raise ``AssertionError`` with the violation and the
+tolerance; model tests are short lists of them.  ``random_frames`` and
+``water_box`` build seeded inputs without a physics engine.
+"""
+
+from ._properties import (
+    ALL_PROPERTIES,
+    TOLERANCES,
+    assert_batch_consistency,
+    assert_cutoff_continuity,
+    assert_finite_difference_forces,
+    assert_periodic_image_invariance,
+    assert_permutation_equivariance,
+    assert_rotation_equivariance,
+    assert_translation_invariance,
+    evaluate,
+    frames_of,
+    random_rotation,
+    replace,
+    tolerance,
+)
+from ._systems import WATER_DENSITY, random_frames, water_box
+
+__all__ = [
+    "ALL_PROPERTIES",
+    "TOLERANCES",
+    "WATER_DENSITY",
+    "assert_batch_consistency",
+    "assert_cutoff_continuity",
+    "assert_finite_difference_forces",
+    "assert_periodic_image_invariance",
+    "assert_permutation_equivariance",
+    "assert_rotation_equivariance",
+    "assert_translation_invariance",
+    "evaluate",
+    "frames_of",
+    "random_frames",
+    "random_rotation",
+    "replace",
+    "tolerance",
+    "water_box",
+]
