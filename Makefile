@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/scalepool reproduce --quick --out $(DEMO)
+	$(BIN)/scalepool reproduce --quick --out $(DEMO) --figures-dir figures
 
 test: setup
 	$(BIN)/python -m pytest -q

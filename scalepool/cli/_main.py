@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _data, _scales, _train
+    from . import _data, _scales, _studies, _train
 
     parser = argparse.ArgumentParser(
         prog="scalepool",
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data.register(commands)
     _train.register(commands)
     _scales.register(commands)
+    _studies.register(commands)
     return parser
 
 

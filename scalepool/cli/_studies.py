@@ -30,7 +30,8 @@ def register(commands) -> None:
         description="Generate the NaCl testbed (OpenMM), train the short and long branches (and MuSE in full "
         "mode), write the prediction cache, run every study, draw every figure, print the final table and "
         "write report.md beside the figures. Each stage is skipped when its output exists and is valid, so "
-        "an interrupted run continues where it stopped. --quick fits in about 12 minutes on 2 CPU cores.",
+        "an interrupted run continues where it stopped. --quick takes about 9 minutes on 2 CPU cores; the full "
+        "run about 6-7 hours (three model seeds, MuSE, full widths).",
     )
     reproduce.add_argument(
         "--out", required=True, type=Path, help="run folder (data/, runs/, results/, figures/)"
@@ -170,9 +171,11 @@ def _search_scales(args: argparse.Namespace) -> int:
 
 
 def _search_models(args: argparse.Namespace) -> int:
+    from ..models import keep_freed_memory
     from ..search import search_models
 
     _threads(args)
+    keep_freed_memory()  # halves the CPU cost of a model step (scalepool.models._allocator)
     if args.out is None:
         raise ValueError("search models needs --out (trial runs and the best run are kept there)")
     fixed = {}
@@ -212,8 +215,10 @@ def _figures(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from ..models import keep_freed_memory
     from ..studies import reproduce
 
+    keep_freed_memory()  # halves the CPU cost of a model step (scalepool.models._allocator)
     try:
         reproduce(
             args.out, quick=args.quick, device=args.device, seed=args.seed, threads=args.threads,

@@ -1,0 +1,21 @@
+"""Figures drawn from saved study results only, in one shared style (PNG and PDF).
+
+:func:`make_figures` draws every figure whose results exist; each entry of
+:data:`FIGURES` is a function of the results root that returns a figure or
+``None``.  The style lives in ``scalepool.mplstyle`` beside this file.
+"""
+
+from ._make import FIGURES, KEY_FIGURES, copy_figures, make_figures
+from ._style import COLORS, FORMATS, STYLE, save, use_style
+
+__all__ = [
+    "COLORS",
+    "FIGURES",
+    "FORMATS",
+    "KEY_FIGURES",
+    "STYLE",
+    "copy_figures",
+    "make_figures",
+    "save",
+    "use_style",
+]

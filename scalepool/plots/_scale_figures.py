@@ -1,0 +1,228 @@
+"""Figures of the scale layer, drawn from the results of the scale studies only.
+
+Each function takes the results root (the folder holding one subfolder per
+study) and returns a figure, or ``None`` when its results are missing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+from ._style import CLOSE_CONTACT_LABEL, color, plt
+
+UPPER = "(upper bound)"
+#: Fewest atoms a distance bin needs to be drawn.
+MIN_BIN = 10
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _band(ax, x, mean, std, **kwargs):
+    line = ax.plot(x, mean, **kwargs)[0]
+    if std is not None and np.any(np.asarray(std) > 0):
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    return line
+
+
+def global_s(results: Path):
+    """Force MAE against a global scale s, overall and in close contact (test solid, val dashed),
+    with the oracle levels of the table (upper bounds) as reference lines."""
+    curve = _read(results / "oracle_table" / "global_s_curve.csv")
+    if curve is None:
+        return None
+    table = _read(results / "oracle_table" / "table.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.2), sharex=True)
+    for ax, metric, title in zip(
+        axes, ("overall_mae", "close_contact_mae"), ("all atoms", CLOSE_CONTACT_LABEL), strict=True
+    ):
+        for split, style in (("test", "-"), ("val", "--")):
+            rows = curve[curve.split == split]
+            if rows.empty or rows[metric].isna().all():
+                continue
+            _band(ax, rows.s, rows[metric], rows[f"{metric}_std"], ls=style, color=color("mixture"),
+                  label=f"F(s), {split}")  # fmt: skip
+            if split == "test":
+                best = rows.loc[rows[metric].idxmin()]
+                ax.plot(best.s, best[metric], "o", color=color("mixture"), ms=5)
+        if table is not None:
+            for method, ls in (
+                (f"oracle hard routing {{0,1}} {UPPER}", ":"),
+                (f"continuous oracle {UPPER}", "-."),
+            ):
+                value = table.loc[table.method == method, metric]
+                if not value.empty and np.isfinite(value.iloc[0]):
+                    ax.axhline(
+                        value.iloc[0],
+                        ls=ls,
+                        color=color("oracle"),
+                        lw=1,
+                        label=method.replace(" (upper bound)", " (UB)"),
+                    )
+        ax.set_title(title)
+        ax.set_xlabel("global scale s  (0 = short, 1 = long)")
+        ax.set_ylabel("force MAE (meV/Å)")
+    axes[0].legend(loc="best")
+    return fig
+
+
+def oracle_s_distance(results: Path):
+    """The continuous oracle's per-atom best s (upper bound) against the nearest-ion distance."""
+    stats = _read(results / "oracle_table" / "oracle_s_vs_distance.csv")
+    if stats is None:
+        return None
+    points = _read(results / "oracle_table" / "oracle_s_points.csv")
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    if points is not None and not points.empty:
+        ax.scatter(
+            points.nearest_ion_A,
+            points.oracle_s,
+            s=3,
+            alpha=0.3,
+            color="0.55",
+            lw=0,
+            label="atoms (subsample)",
+        )
+    for i, (subset, rows) in enumerate(stats.groupby("subset", sort=False)):
+        rows = rows[rows.n >= MIN_BIN]  # a median of a handful of atoms is noise
+        c = f"C{i}"
+        ax.plot(rows.center, rows["median"], "-o", color=c, label=f"median, {subset}")
+        ax.fill_between(rows.center, rows.q25, rows.q75, color=c, alpha=0.2, lw=0)
+        ax.plot(rows.center, rows["mean"], "--", color=c, lw=1, label=f"mean, {subset}")
+    ax.axvline(6.0, color="k", lw=0.8, ls=":", label="close-contact cutoff")
+    ax.set_xlabel("nearest-ion distance (Å)")
+    ax.set_ylabel("oracle best s (upper bound)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"continuous oracle per atom, test split (bins with >= {MIN_BIN} atoms)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def pool_refinement(results: Path):
+    """Pool members per round (from the first cache's history) and each round's test MAE
+    under oracle routing (upper bound) against the hard {0,1} and continuous oracles."""
+    from ..scales import RefinementHistory
+
+    folder = results / "pool_refinement"
+    rounds = _read(folder / "rounds.csv")
+    histories = sorted(folder.glob("history_*.json"))
+    if rounds is None or not histories:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4))
+    RefinementHistory.load(histories[0]).plot(ax=left, loss_ax=False)
+    left.set_title(f"pool per round ({histories[0].stem.removeprefix('history_')})")
+    stats = rounds.groupby("round").agg(
+        mae=("test_overall_mae", "mean"), std=("test_overall_mae", "std"), gap=("test_gap_recovered", "mean")
+    )
+    _band(right, stats.index, stats.mae, stats["std"].fillna(0), marker="o", color=color("mixture"),
+          label="refined-pool oracle (UB)")  # fmt: skip
+    reference = _read(folder / "reference_pools.csv")
+    if reference is not None:
+        for pool, ls in (
+            ("anchors {0,1}", ":"),
+            ("continuous oracle", "-."),
+            ("paper {0,.125,.25,.375,.5,.75,1}", "--"),
+        ):
+            value = reference.loc[reference.pool == pool, "overall_mae"]
+            if not value.empty:
+                right.axhline(value.iloc[0], ls=ls, color=color("oracle"), lw=1, label=f"{pool} (UB)")
+    for r, row in stats.iterrows():
+        if np.isfinite(row.gap):
+            right.annotate(
+                f"{100 * row.gap:.0f}%", (r, row.mae), textcoords="offset points", xytext=(3, 4), fontsize=6.5
+            )
+    right.set_xlabel("refinement round")
+    right.set_ylabel("test force MAE (meV/Å)")
+    right.set_title("test MAE, % of hard-to-continuous gap recovered")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
+    right.legend(loc="center right")
+    return fig
+
+
+def router_choice(results: Path):
+    """The learned hard router's pool choice against the oracle's (counts), and the continuous
+    router's s against the continuous oracle's, coloured by nearest-ion distance."""
+    folder = results / "routers"
+    confusion, choices = _read(folder / "confusion.csv"), _read(folder / "choices.csv")
+    if confusion is None or choices is None:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.5))
+    matrix = confusion.pivot(index="oracle_s", columns="router_s", values="count").fillna(0)
+    share = matrix.to_numpy() / max(matrix.to_numpy().sum(), 1)
+    image = left.imshow(share, origin="lower", cmap="Blues")
+    labels = [f"{s:.3g}" for s in matrix.columns]
+    left.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+    left.set_yticks(range(len(labels)), [f"{s:.3g}" for s in matrix.index], fontsize=6)
+    left.set_xlabel("learned hard router's s")
+    left.set_ylabel("oracle's s (upper bound)")
+    left.grid(False)
+    agree = np.trace(matrix.to_numpy()) / max(matrix.to_numpy().sum(), 1)
+    left.set_title(f"hard routing over the pool: {100 * agree:.0f}% agree")
+    fig.colorbar(image, ax=left, shrink=0.8, label="share of samples")
+    points = right.scatter(choices.oracle_continuous_s, choices.router_continuous_s, c=choices.nearest_ion_A,
+                           s=4, alpha=0.6, lw=0, cmap="viridis")  # fmt: skip
+    right.plot([0, 1], [0, 1], color="k", lw=0.8, ls=":")
+    right.set_xlabel("continuous oracle s (upper bound)")
+    right.set_ylabel("learned continuous router s")
+    right.set_title("continuous s per sample")
+    fig.colorbar(points, ax=right, shrink=0.8, label="nearest-ion distance (Å)")
+    return fig
+
+
+def method_table(results: Path):
+    """The scale table as bars: test MAE of every method, overall and in close contact."""
+    table = _read(results / "oracle_table" / "table.csv")
+    if table is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(table) + 1.2))
+    y = np.arange(len(table))
+    height = 0.38
+    for k, (metric, label) in enumerate(
+        (("overall_mae", "overall"), ("close_contact_mae", CLOSE_CONTACT_LABEL))
+    ):
+        std = table.get(f"{metric}_std")
+        ax.barh(y + (k - 0.5) * height, table[metric], height, xerr=None if std is None else std.fillna(0),
+                color=f"C{k}", label=label, error_kw={"lw": 0.8})  # fmt: skip
+    names = [m.replace(" (upper bound)", " (UB)") for m in table.method]
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("test force MAE (meV/Å)")
+    ax.legend(loc="lower right")
+    ax.set_title("scale layer on the test split (UB: reads test labels)")
+    return fig
+
+
+def generator_swap(results: Path):
+    """MAE against global s for each generator (short -> long cutoff, short -> MuSE)."""
+    folder = results / "generator_swap"
+    curve = _read(folder / "global_s_curve.csv")
+    if curve is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.2), sharex=True)
+    for ax, metric, title in zip(
+        axes, ("overall_mae", "close_contact_mae"), ("all atoms", CLOSE_CONTACT_LABEL), strict=True
+    ):
+        for i, (generator, rows) in enumerate(curve.groupby("generator", sort=False)):
+            _band(
+                ax,
+                rows.s,
+                rows[metric],
+                rows[f"{metric}_std"],
+                color=color(generator.split("->")[-1], i),
+                label=generator,
+            )
+        ax.set_title(title)
+        ax.set_xlabel("global scale s")
+        ax.set_ylabel("test force MAE (meV/Å)")
+    axes[0].legend()
+    return fig
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,50 @@
+"""Studies: each computes results from prediction caches and writes them with provenance.
+
+Every study (``studies/<name>.py`` runs one from the command line) writes
+CSV/JSON tables into its own results folder and closes it with
+``provenance.json`` (commit, parameters, seeds, input checksums, versions,
+time); figure code only reads those folders (:mod:`scalepool.plots`).
+:func:`reproduce` runs the whole chain, from the OpenMM testbed to the report.
+
+=====================  =====================================================
+study                  what it writes
+=====================  =====================================================
+``branch_comparison``  per-branch errors (overall, ions, close contact, species)
+``oracle_table``       the paper's table, MAE vs global s, oracle s vs distance
+``pool_refinement``    refinement rounds from {0, 1}, history JSON
+``routers``            learned routers vs oracles, choices per sample
+``generator_swap``     the same with the MuSE generator (skipped without it)
+``search``             optuna searches on the cache
+=====================  =====================================================
+"""
+
+from . import _all  # noqa: F401  (registers the studies)
+from ._provenance import describe_input, file_sha256, git_commit, library_versions, provenance
+from ._registry import STUDIES, Option, Study, run_study, study_main
+from ._reproduce import Pipeline, reproduce
+from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
+from ._results import PROVENANCE, ResultsDir, is_complete, read_provenance, write_csv, write_json
+
+__all__ = [
+    "PROVENANCE",
+    "STUDIES",
+    "BranchPlan",
+    "Option",
+    "Pipeline",
+    "ReproduceConfig",
+    "ResultsDir",
+    "Study",
+    "describe_input",
+    "file_sha256",
+    "git_commit",
+    "is_complete",
+    "library_versions",
+    "make_config",
+    "provenance",
+    "read_provenance",
+    "reproduce",
+    "run_study",
+    "study_main",
+    "write_csv",
+    "write_json",
+]

@@ -1,0 +1,154 @@
+"""Shared pieces of the studies: loading caches, per-split descriptors, errors, binning, seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..scales import PredictionCache, interpolate, ion_mask, nearest_ion_distances
+from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
+
+#: Å, bin edges of nearest-ion distance profiles (the last bin is open-ended).
+DISTANCE_EDGES = (0.0, *np.round(np.arange(2.0, 10.01, 0.5), 3).tolist())
+#: Scales of the global-s curves.
+S_GRID = tuple(np.round(np.linspace(0.0, 1.0, 41), 6).tolist())
+
+
+def load_caches(paths) -> list[PredictionCache]:
+    """Load and validate prediction caches (errors name the file)."""
+    return [PredictionCache.load(p) for p in paths]
+
+
+def cache_labels(paths) -> list[str]:
+    """Short unique labels for caches: file stems, suffixed when stems repeat."""
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{stem}-{i}" for i, stem in enumerate(stems)]
+
+
+@dataclasses.dataclass
+class SplitView:
+    """One split of a cache with its close-contact descriptors.
+
+    Attributes
+    ----------
+    cache : the split's frames (labels kept)
+    nearest : (F, N) Å, distance of every atom to the nearest other ion
+    close : (F, N) bool, ``nearest < CLOSE_CONTACT_CUTOFF``
+    ions : (N,) bool
+    """
+
+    cache: PredictionCache
+    nearest: np.ndarray
+    close: np.ndarray
+    ions: np.ndarray
+
+    @classmethod
+    def of(cls, cache: PredictionCache, split: str) -> SplitView:
+        sub = cache.select(split)
+        nearest = nearest_ion_distances(sub.positions, sub.numbers, sub.cell)
+        return cls(sub, nearest, nearest < CLOSE_CONTACT_CUTOFF, ion_mask(sub.numbers))
+
+    def errors(self, atom_scales) -> dict[str, float]:
+        """MAEs (meV/Å, over force components) of F(s) with per-atom scales ``(F, N)``
+        or a global scale: overall, close contact and ions."""
+        f0, f1 = self.cache.anchor_forces()
+        error = np.abs(interpolate(f0, f1, atom_scales) - self.cache.forces_ref)
+        return self.masked_errors(error)
+
+    def masked_errors(self, error: np.ndarray) -> dict[str, float]:
+        """Overall, close-contact and ion means of absolute errors ``(F, N, 3)`` eV/Å, in meV/Å."""
+
+        def mean(mask):
+            return EV_TO_MEV * float(error[mask].mean()) if mask.any() else float("nan")
+
+        return {
+            "overall_mae": EV_TO_MEV * float(error.mean()),
+            "close_contact_mae": mean(self.close),
+            "ion_mae": mean(np.broadcast_to(self.ions[None, :], self.close.shape)),
+        }
+
+
+def global_s_curve(view: SplitView, grid=S_GRID) -> pd.DataFrame:
+    """MAE of F(s) for each global ``s`` of ``grid``: columns ``s`` and the metrics (meV/Å)."""
+    f0, f1 = view.cache.anchor_forces()
+    a = view.cache.forces_ref.astype(np.float64) - f0
+    d = f1.astype(np.float64) - f0
+    rows = [{"s": float(s), **view.masked_errors(np.abs(s * d - a))} for s in grid]
+    return pd.DataFrame(rows)
+
+
+def binned(x: np.ndarray, y: np.ndarray, edges=DISTANCE_EDGES) -> pd.DataFrame:
+    """Statistics of ``y`` in bins of ``x``; the last bin collects everything beyond the last edge.
+
+    Returns columns ``bin_lo``, ``bin_hi`` (``inf`` for the open bin), ``center``
+    (the mean ``x`` of the bin's points), ``n``, ``mean``, ``std``, ``median``, ``q25``, ``q75``; empty bins are dropped.
+    """
+    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    lows = np.asarray(edges, float)
+    highs = np.append(lows[1:], np.inf)
+    rows = []
+    for lo, hi in zip(lows, highs, strict=True):
+        inside = (x >= lo) & (x < hi)
+        values = y[inside]
+        if values.size == 0:
+            continue
+        q25, median, q75 = np.quantile(values, (0.25, 0.5, 0.75))
+        centre = float(x[inside].mean())
+        rows.append(
+            {
+                "bin_lo": lo,
+                "bin_hi": hi,
+                "center": centre,
+                "n": int(values.size),
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "median": float(median),
+                "q25": float(q25),
+                "q75": float(q75),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mean_std(table: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation (ddof=1; 0 for one value) of ``columns`` per group of ``by``.
+
+    Returns ``by``, then ``<column>`` and ``<column>_std`` per column and ``n``.
+    """
+    grouped = table.groupby(by, sort=False, dropna=False)
+    mean = grouped[columns].mean()
+    std = grouped[columns].std(ddof=1)
+    single = grouped[columns].count() == 1
+    std = std.mask(single & mean.notna(), 0.0).add_suffix("_std")
+    out = mean.join(std)
+    out["n"] = grouped.size()
+    ordered = [c for col in columns for c in (col, f"{col}_std")] + ["n"]
+    return out[ordered].reset_index()
+
+
+def subsample(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``limit`` of ``n`` items (all when ``n <= limit``)."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads (oversubscription slows small models several times)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def as_paths(paths) -> list[Path]:
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise ValueError("at least one prediction cache (--pred) is needed")
+    return [Path(p) for p in paths]

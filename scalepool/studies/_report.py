@@ -1,0 +1,184 @@
+"""The final table (text) and ``report.md`` of a reproduction, read from saved results only."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ._provenance import git_commit, library_versions, utc_now
+
+_UB = "(upper bound)"
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _cell(row, metric: str, several: bool) -> str:
+    value, std = row[metric], row.get(f"{metric}_std", float("nan"))
+    if pd.isna(value):
+        return "–"
+    return f"{value:.1f} ± {std:.1f}" if several and pd.notna(std) else f"{value:.1f}"
+
+
+def final_table_text(results: str | os.PathLike) -> str:
+    """The scale table of ``results/oracle_table`` as aligned text (meV/Å)."""
+    table = _read(Path(results) / "oracle_table" / "table.csv")
+    if table is None:
+        return "(no oracle_table results)"
+    from ..cli._scales import format_table
+
+    table["detail"] = table["detail"].fillna("")
+    return format_table(table)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def scale_table_markdown(results: Path) -> str | None:
+    table = _read(results / "oracle_table" / "table.csv")
+    if table is None:
+        return None
+    several = int(table["n_seeds"].max()) > 1
+    rows = [
+        {
+            "method": row["method"],
+            "overall": _cell(row, "overall_mae", several),
+            "close contact": _cell(row, "close_contact_mae", several),
+            "ions": _cell(row, "ion_mae", several),
+            "gap recovered": "–" if pd.isna(row["gain_recovered"]) else f"{row['gain_recovered']:.2f}",
+            "fitted on": row["fitted_on"],
+        }
+        for _, row in table.iterrows()
+    ]
+    return _markdown(pd.DataFrame(rows))
+
+
+def _section_routers(results: Path) -> list[str]:
+    summary = _read(results / "routers" / "summary.csv")
+    if summary is None:
+        return []
+    several = int(summary["n"].max()) > 1
+    rows = [
+        {
+            "method": row["method"],
+            "overall": _cell(row, "overall_mae", several),
+            "close contact": _cell(row, "close_contact_mae", several),
+            "runs (caches x seeds)": int(row["n"]),
+        }
+        for _, row in summary.iterrows()
+    ]
+    lines = ["## Learned routers against the oracles", "", _markdown(pd.DataFrame(rows)), ""]
+    agreement = results / "routers" / "agreement.json"
+    if agreement.exists():
+        data = pd.DataFrame(json.loads(agreement.read_text()))
+        lines += [
+            f"The hard router picks the oracle's pool member for {100 * data.hard_router_matches_oracle.mean():.0f}% "
+            f"of the test samples; the continuous router's s correlates with the continuous oracle's at "
+            f"r = {data.continuous_s_correlation.mean():.2f}.",
+            "",
+        ]
+    return lines
+
+
+def _section_branches(results: Path) -> list[str]:
+    summary = _read(results / "branch_comparison" / "summary.csv")
+    if summary is None:
+        return []
+    wide = summary.pivot_table(index="model", columns="subset", values="mae_meV_A", sort=False)
+    keep = [c for c in ("overall", "ions", "close", "non-close", "O", "H", "Na", "Cl") if c in wide.columns]
+    wide = wide[keep].round(1).reset_index()
+    return ["## Branches (test split, MAE meV/Å)", "", _markdown(wide), ""]
+
+
+def _section_pool(results: Path) -> list[str]:
+    summary = _read(results / "pool_refinement" / "summary.csv")
+    if summary is None:
+        return []
+    lines = ["## Pool refinement from {0, 1} (refined on val, oracle-routed on test: upper bounds)", ""]
+    for row in summary.itertuples(index=False):
+        lines.append(
+            f"- {row.cache}: {row.final_pool} after {row.n_rounds} round(s), test MAE {row.test_overall_mae:.1f} "
+            f"meV/Å, {100 * row.test_gap_recovered:.0f}% of the hard-to-continuous oracle gap recovered"
+        )
+    return [*lines, ""]
+
+
+def _section_search(results: Path) -> list[str]:
+    best = _read(results / "search" / "best.csv")
+    if best is None:
+        return []
+    lines = ["## Optuna searches (objective on val, best trial re-run on test)", ""]
+    for row in best.itertuples(index=False):
+        rate = f", {row.trials_per_minute:.0f} trials/min" if pd.notna(row.trials_per_minute) else ""
+        lines.append(f"- {row.space} (seed {row.seed}): {row.n_finished} trials{rate}; best val objective "
+                     f"{row.best_value:.2f} meV/Å; {row.best_params}")  # fmt: skip
+    return [*lines, ""]
+
+
+def _section_swap(results: Path) -> list[str]:
+    folder = results / "generator_swap"
+    skipped = folder / "skipped.json"
+    if skipped.exists():
+        return ["## Generator swap (MuSE)", "", json.loads(skipped.read_text())["reason"], ""]
+    table = _read(folder / "comparison.csv")
+    if table is None:
+        return []
+    rows = table[["generator", "method", "overall_mae", "close_contact_mae"]].round(1)
+    return ["## Generator swap (MuSE against the cutoff branches, test MAE meV/Å)", "", _markdown(rows), ""]
+
+
+def write_report(
+    path, out: Path, config, results: Path, figures: dict, timings: dict, total_s: float, device: str
+) -> Path:
+    """Write ``report.md``: settings, tables, figure links, commit, stage timings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "quick" if config.quick else "full"
+    lines = [
+        f"# scalepool reproduction ({mode})",
+        "",
+        f"- commit: `{git_commit()}`; created {utc_now()}; device `{device}`",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in library_versions().items())}",
+        f"- testbed: {config.data.get('n_frames')} frames, {config.data.get('stride_ps')} ps apart, "
+        f"{config.data.get('box_nm')} nm box at {config.data.get('molarity')} M; time-block split "
+        f"{'/'.join(str(f) for f in config.split_fractions)}; model seeds {list(config.model_seeds)}",
+        f"- run folder: `{out}`",
+        "",
+        "## Scale layer on the test split (force MAE, meV/Å)",
+        "",
+        "Rows marked *(upper bound)* read the test labels (oracles); the learned routers are fitted on the "
+        "train split only. *gap recovered*: share of the gap between the better single branch (chosen on "
+        "val) and the continuous oracle.",
+        "",
+        scale_table_markdown(results) or "(no results)",
+        "",
+        *_section_routers(results),
+        *_section_branches(results),
+        *_section_pool(results),
+        *_section_swap(results),
+        *_section_search(results),
+        "## Figures",
+        "",
+    ]
+    for name, paths in figures.items():
+        png = Path(paths[0]).name
+        lines += [
+            f"### {name.replace('_', ' ')}",
+            "",
+            f"![{name}]({png}) ([PDF]({Path(png).with_suffix('.pdf')}))",
+            "",
+        ]
+    lines += ["## Timings", "", "| stage | seconds | this run |", "| --- | --- | --- |"]
+    for stage, info in timings.items():
+        lines.append(f"| {stage} | {info['elapsed_s']:.0f} | {'ran' if info['ran'] else 'reused'} |")
+    lines += ["", f"Wall time of this invocation: {total_s:.0f} s.", ""]
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,292 @@
+"""``scalepool reproduce``: from the OpenMM testbed to the final table, figures and report.
+
+Stages, each skipped when its recorded key (settings and input checksums)
+matches ``stages.json`` and its output is still valid, so a killed run
+continues where it stopped (and the training and data stages resume from
+their own checkpoints):
+
+1. ``data``: :func:`scalepool.data.generate_nacl` -> ``data/nacl.npz``
+2. ``train_<branch>_s<k>``: :func:`scalepool.train.train` -> ``runs/seed<k>/<branch>/``
+3. ``predict_s<k>``: :func:`scalepool.train.predict_cache` -> ``pred/seed<k>.npz``
+4. ``study_<name>``: every registered study -> ``results/<name>/``
+5. ``figures``: :func:`scalepool.plots.make_figures` -> ``figures/``
+6. ``report``: the final table on stdout and ``figures/report.md``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ._provenance import file_sha256, utc_now
+from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
+from ._results import PROVENANCE, write_json
+
+STATE = "stages.json"
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Pipeline:
+    """Runs stages in order, records them in ``stages.json`` and skips finished ones.
+
+    Parameters
+    ----------
+    out : run folder
+    force : stage names (or prefixes such as ``train`` or ``study``) to redo
+    log : where progress lines go (``print`` by default)
+    """
+
+    def __init__(self, out, force=(), log: Callable[[str], None] = print):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path = self.out / STATE
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.force, self.log = tuple(force), log
+        self.timings: dict[str, dict] = {}
+        self.total = 0
+        self.index = 0
+
+    def forced(self, name: str) -> bool:
+        return any(name == f or name.startswith(f + "_") for f in self.force)
+
+    def run(
+        self, name: str, key: str, action: Callable[[], object], valid: Callable[[], bool] = lambda: True
+    ):
+        """Run ``action`` unless ``name`` finished before with this ``key`` and ``valid()`` holds."""
+        self.index += 1
+        record = self.state.get(name)
+        label = f"[{self.index}/{self.total}] {name}"
+        if record and record.get("key") == key and not self.forced(name) and valid():
+            self.log(f"{label}: up to date (took {record['elapsed_s']:.0f} s on {record['finished']})")
+            self.timings[name] = {"elapsed_s": record["elapsed_s"], "ran": False}
+            return None
+        self.log(f"{label} ...")
+        start = time.perf_counter()
+        result = action()
+        elapsed = time.perf_counter() - start
+        self.state[name] = {"key": key, "elapsed_s": round(elapsed, 2), "finished": utc_now()}
+        write_json(self.path, self.state)
+        self.timings[name] = {"elapsed_s": elapsed, "ran": True}
+        self.log(f"{label}: done in {elapsed:.0f} s")
+        return result
+
+
+def _budget_left(run_dir: Path, plan: BranchPlan) -> float:
+    """Minutes of the branch's training budget not yet spent by earlier sessions."""
+    history = run_dir / "history.csv"
+    spent = 0.0
+    if history.exists():
+        import pandas as pd
+
+        table = pd.read_csv(history)
+        if len(table):
+            spent = float(table["elapsed_s"].iloc[-1]) / 60.0
+    return plan.max_minutes - spent
+
+
+def reproduce(
+    out,
+    quick: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    threads: int = 1,
+    figures_dir=None,
+    force=(),
+    progress: bool = True,
+    config: ReproduceConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or continue) the whole reproduction in ``out``; returns the timings per stage.
+
+    ``threads`` is torch's CPU thread count for training and prediction.  One is
+    the default: on a 2-core machine shared with other work, two threads ran a
+    training step 2-30 times slower than one (oversubscription); on a dedicated
+    machine more threads help.  OpenMM and the studies always use one thread.
+    ``config`` overrides the settings of :func:`make_config` (tests use tiny ones).
+    """
+    import torch
+
+    from ..plots import copy_figures, make_figures
+    from ._all import ORDER
+    from ._registry import STUDIES, parameters, run_study
+    from ._report import final_table_text, write_report
+
+    start = time.perf_counter()
+    out = Path(out).resolve()
+    config = config or make_config(quick, seed)
+    torch.set_num_threads(max(int(threads or 1), 1))
+    pipe = Pipeline(out, force, log)
+    data_path = out / "data" / "nacl.npz"
+    branches = [b for b in config.branches if b.name != "muse" or (config.muse and _muse_available())]
+    names = [*ORDER, *sorted(set(STUDIES) - set(ORDER))]
+    pipe.total = 1 + len(config.model_seeds) * (len(branches) + 1) + len(names) + 2
+    log(f"scalepool reproduce ({'quick' if config.quick else 'full'}) in {out}: {pipe.total} stages")
+
+    def make_data():
+        from ..data import generate_nacl
+
+        options = dict(seed=config.seed, threads=1, progress=progress, out=data_path, **config.data)
+        checkpoint = data_path.with_name("nacl.npz.partial")
+        try:
+            generate_nacl(checkpoint=checkpoint, **options)
+        except ValueError as err:  # a checkpoint of other settings (CheckpointMismatch): start over
+            log(f"    {err}; starting the data over")
+            generate_nacl(checkpoint=checkpoint, restart=True, **options)
+
+    pipe.run("data", _key("data", config.data, config.seed), make_data, data_path.exists)
+    data_sha = file_sha256(data_path)
+    frames = None
+
+    def load_frames():
+        nonlocal frames
+        if frames is None:
+            from ..data import FrameSet
+
+            frames = FrameSet.load(data_path)
+        return frames
+
+    preds = []
+    for model_seed in config.model_seeds:
+        runs = []
+        for plan in branches:
+            run_dir = out / "runs" / f"seed{model_seed}" / plan.name
+            runs.append(run_dir)
+
+            key = _key(plan, config.split_fractions, model_seed, data_sha, device)
+
+            def train_branch(plan=plan, run_dir=run_dir, model_seed=model_seed, key=key):
+                from ..search import build_any_branch
+                from ..train import train
+
+                _claim(run_dir, key, log)
+                left = _budget_left(run_dir, plan)
+                if left <= 0.01 and (run_dir / "best.pt").exists():
+                    return
+                torch.manual_seed(model_seed)
+                model = build_any_branch(plan.name, **plan.options)
+                result = train(
+                    model, load_frames(), run_dir, epochs=plan.epochs, max_minutes=max(left, 0.05),
+                    batch_size=plan.batch_size, lr=plan.lr, patience=plan.patience,
+                    split_fractions=config.split_fractions, seed=model_seed, device=device, branch=plan.name,
+                    data_path=data_path, progress=progress,
+                )  # fmt: skip
+                log(
+                    f"    {plan.name}: {result.stop_reason} after {result.epochs_completed} epoch(s), best val "
+                    f"force MAE {result.best_val_force_mae:.1f} meV/Å (epoch {result.best_epoch})"
+                )
+
+            pipe.run(
+                f"train_{plan.name}_s{model_seed}",
+                key,
+                train_branch,
+                lambda run_dir=run_dir: (run_dir / "best.pt").exists(),
+            )
+        pred = out / "pred" / f"seed{model_seed}.npz"
+        preds.append(pred)
+
+        def predict(runs=runs, pred=pred):
+            from ..train import predict_cache
+
+            predict_cache(runs, load_frames(), pred, device=device, data_path=data_path, progress=progress)
+
+        pipe.run(
+            f"predict_s{model_seed}",
+            _key([file_sha256(r / "best.pt") for r in runs if (r / "best.pt").exists()], data_sha),
+            predict,
+            lambda pred=pred: _valid_cache(pred),
+        )
+
+    results = out / "results"
+    # The studies' routers are small MLPs: one thread is several times faster than
+    # two threads competing on a busy 2-core machine.
+    torch.set_num_threads(1 if device == "cpu" else max(int(threads or 1), 1))
+    for name in names:
+        study = STUDIES[name]
+        overrides = dict(config.study_options.get(name, {}))
+        options = {**study.defaults(config.quick), **overrides}
+        seeds = tuple(s + config.seed for s in study.seeds(config.quick))
+        params = parameters(name, preds, options, seeds, device)
+        pipe.run(
+            f"study_{name}",
+            _key(params, [file_sha256(p) for p in preds]),
+            lambda name=name, seeds=seeds, overrides=overrides: run_study(
+                name, preds, results / name, seeds=seeds, device=device, quick=config.quick, **overrides
+            ),
+            lambda name=name, params=params: _complete(results / name, params, preds),
+        )
+
+    figures = out / "figures"
+    provenances = sorted(str(p) for p in results.glob(f"*/{PROVENANCE}"))
+    figure_key = _key([file_sha256(p) for p in provenances], config.figures)
+    written: dict = {}
+
+    def draw():
+        written.update(make_figures(results, figures, config.figures))
+        write_json(figures / "figures.json", {k: [str(p) for p in v] for k, v in written.items()})
+
+    pipe.run("figures", figure_key, draw, lambda: (figures / "figures.json").exists())
+    if not written and (figures / "figures.json").exists():
+        written.update(json.loads((figures / "figures.json").read_text()))
+    if figures_dir is not None:
+        copied = copy_figures(figures, figures_dir)
+        log(f"copied {len(copied)} key figure(s) to {figures_dir}")
+
+    def report():
+        text = final_table_text(results)
+        log(text)
+        total = time.perf_counter() - start
+        path = write_report(figures / "report.md", out, config, results, written, pipe.timings, total, device)
+        log(f"report: {path}")
+
+    pipe.timings.pop("report", None)
+    pipe.run("report", _key(time.time()), report)
+    log(f"scalepool reproduce finished in {time.perf_counter() - start:.0f} s")
+    return pipe.timings
+
+
+def _claim(run_dir: Path, key: str, log) -> None:
+    """Keep a training run folder made with these settings (it resumes); empty one made
+    with other settings (another dataset, width or seed), which could not resume."""
+    import shutil
+
+    stamp = run_dir / ".reproduce_key"
+    if run_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
+        log(f"    {run_dir} holds a run with other settings; starting it over")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key)
+
+
+def _valid_cache(path: Path) -> bool:
+    from ..scales import PredictionCache, PredictionCacheError
+
+    if not path.exists():
+        return False
+    try:
+        PredictionCache.load(path)
+    except (PredictionCacheError, OSError):
+        return False
+    return True
+
+
+def _complete(folder: Path, params: dict, preds) -> bool:
+    from ._results import is_complete
+
+    return is_complete(folder, params, preds)
+
+
+def _muse_available() -> bool:
+    """Whether a MuSE branch can be built here (the full run trains it when it can)."""
+    try:
+        from ..search import build_any_branch
+
+        build_any_branch("muse")
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return False
+    return True

@@ -1,0 +1,89 @@
+"""Settings of ``scalepool reproduce``: the quick demo and the full run.
+
+Quick (``make demo``): a 2.5 nm box of 1,467 atoms, 72 frames 0.5 ps apart
+after 5 ps of equilibration, one short and one long branch of reduced width
+(16 features, 2 interactions) trained for at most 3 min each on one thread,
+one prediction cache, every study with its quick settings, every figure.
+Measured on a shared 2-core machine (with 2.5 min per branch): data 119 s,
+training 2 x 150 s, prediction 21 s, studies 18 s, figures 7 s, 467 s in all;
+with 3 min per branch about 9 min, plus 1-2 min to create the virtual
+environment.
+
+Full: 400 frames 1 ps apart after 20 ps, the branches' default widths trained
+up to 100 epochs (at most 30 min each) for three model seeds, the MuSE branch
+as well when it can be built, every study with its full settings.  Estimated
+on 2 CPU cores: data ~25 min, training up to 4.5 h (9 runs), prediction
+~50 min, studies and figures ~40 min: about 6-7 h.  ``--device cuda``
+shortens training and prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchPlan:
+    """One branch to train: its name, constructor overrides and training settings."""
+
+    name: str
+    options: dict[str, Any]
+    epochs: int
+    max_minutes: float
+    lr: float = 2e-3
+    batch_size: int = 1
+    patience: int | None = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ReproduceConfig:
+    """Everything that shapes a reproduction (recorded in every stage's key)."""
+
+    quick: bool
+    seed: int
+    data: dict[str, Any]
+    split_fractions: tuple[float, float, float]
+    branches: tuple[BranchPlan, ...]
+    model_seeds: tuple[int, ...]
+    muse: bool
+    #: study name -> option overrides on top of the study's quick or full defaults
+    study_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: figures to draw (``None``: every figure whose results exist)
+    figures: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_QUICK_WIDTH = {"n_features": 16, "n_interactions": 2, "n_rbf": 8}
+
+
+def make_config(quick: bool = False, seed: int = 0) -> ReproduceConfig:
+    """The quick or full settings (see the module docstring)."""
+    if quick:
+        return ReproduceConfig(
+            quick=True,
+            seed=seed,
+            data={"n_frames": 72, "stride_ps": 0.5, "equilibration_ps": 5.0, "box_nm": 2.5, "molarity": 1.0},
+            split_fractions=(0.7, 0.15, 0.15),
+            branches=(
+                BranchPlan("short", dict(_QUICK_WIDTH), epochs=60, max_minutes=3.0, patience=None),
+                BranchPlan("long", dict(_QUICK_WIDTH), epochs=60, max_minutes=3.0, patience=None),
+            ),
+            model_seeds=(seed,),
+            muse=False,
+        )
+    return ReproduceConfig(
+        quick=False,
+        seed=seed,
+        data={"n_frames": 400, "stride_ps": 1.0, "equilibration_ps": 20.0, "box_nm": 2.5, "molarity": 1.0},
+        split_fractions=(0.8, 0.1, 0.1),
+        branches=(
+            BranchPlan("short", {}, epochs=100, max_minutes=30.0, lr=1e-3),
+            BranchPlan("long", {}, epochs=100, max_minutes=30.0, lr=1e-3),
+            BranchPlan("muse", {}, epochs=100, max_minutes=30.0, lr=1e-3),
+        ),
+        model_seeds=(seed, seed + 1, seed + 2),
+        muse=True,
+    )

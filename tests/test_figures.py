@@ -1,0 +1,117 @@
+"""Figures: drawn from saved results only, PNG and PDF, skipped when their results are missing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from scalepool.cli import _studies
+from scalepool.plots import FIGURES, KEY_FIGURES, STYLE, copy_figures, make_figures
+from scalepool.scales import synthetic_cache
+from scalepool.search import export_study
+from scalepool.studies import run_study
+
+TINY = {
+    "oracle_table": {"router_steps": 15, "soft_steps": 5, "points": 200},
+    "routers": {"router_steps": 15, "points": 200},
+    "generator_swap": {"router_steps": 15, "soft_steps": 5},
+    "branch_comparison": {"parity_points": 100},
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Results of every scale study on a tiny cache that also has a MuSE branch, and a
+    small fake optuna study exported as the search study writes it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("results")
+    cache = synthetic_cache(n_frames=10, n_atoms=60, n_ions=4, seed=0)
+    f0, f1 = cache.anchor_forces()
+    cache = dataclasses.replace(cache, branches={**cache.branches, "muse": 0.5 * (f0 + f1)}, meta={})
+    pred = cache.save(root / "pred.npz")
+    for name, options in TINY.items():
+        run_study(name, [pred], root / name, **options)
+    run_study("pool_refinement", [pred], root / "pool_refinement")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.3) ** 2 + t.suggest_int("k", 0, 3), n_trials=12)
+    export_study(study, root / "search", prefix="toy_seed0_")
+    torch.set_num_threads(threads)
+    return root
+
+
+@pytest.fixture(scope="module")
+def drawn(results, tmp_path_factory):
+    return make_figures(results, tmp_path_factory.mktemp("figures"))
+
+
+def test_every_figure_png_and_pdf(drawn):
+    written = drawn
+    assert set(written) == set(FIGURES)
+    for name, paths in written.items():
+        png, pdf = paths
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert pdf.read_bytes()[:5] == b"%PDF-", name
+        assert png.stat().st_size > 5_000, name
+
+
+def test_missing_results_are_skipped(tmp_path):
+    assert make_figures(tmp_path, tmp_path / "figures") == {}
+    assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").iterdir())
+
+
+def test_figures_read_only_saved_results(results, tmp_path, monkeypatch):
+    """No figure recomputes anything: the scale layer and the studies are never called."""
+    import scalepool.scales as scales
+    import scalepool.studies as studies
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("figure code must only read saved results")
+
+    for module, name in ((scales, "scale_table"), (scales, "refine_pool"), (studies, "run_study")):
+        monkeypatch.setattr(module, name, forbidden)
+    for name, draw in FIGURES.items():
+        figure = draw(results)
+        assert figure is not None, name
+        matplotlib.pyplot.close(figure)
+
+
+def test_style_and_copy(drawn, tmp_path):
+    assert STYLE.exists() and "savefig.dpi" in STYLE.read_text()
+    folder = next(iter(drawn.values()))[0].parent
+    copied = copy_figures(folder, tmp_path / "repo_figures")
+    assert sorted(p.name for p in copied) == sorted(f"{name}.png" for name in KEY_FIGURES)
+
+
+def test_cli_figures(results, tmp_path, capsys):
+    assert (
+        _studies.main(["figures", "--results", str(results), "--out", str(tmp_path), "--only", "parity"]) == 0
+    )
+    assert "parity:" in capsys.readouterr().out and (tmp_path / "parity.pdf").exists()
+    assert (
+        _studies.main(["figures", "--results", str(results), "--out", str(tmp_path), "--only", "nope"]) == 2
+    )
+    assert _studies.main(["figures", "--results", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+
+
+def test_refinement_figure_shows_the_rounds(results, tmp_path):
+    """The pool figure plots one x position per refinement round of the saved history."""
+    import json
+
+    import matplotlib
+
+    from scalepool.plots._scale_figures import pool_refinement
+    from scalepool.plots._style import use_style
+
+    history = json.loads(next((results / "pool_refinement").glob("history_*.json")).read_text())
+    with use_style():
+        fig = pool_refinement(results)
+    left = fig.axes[0]
+    xs = np.unique(np.concatenate([c.get_offsets()[:, 0] for c in left.collections if len(c.get_offsets())]))
+    assert xs.tolist() == [r["round"] for r in history["rounds"]]
+    matplotlib.pyplot.close(fig)
