@@ -8,6 +8,7 @@ the train split only and are what a user can deploy.
 """
 
 from ._cache import PredictionCache, PredictionCacheError
+from ._calculator import ScalepoolCalculator
 from ._differentiable import SoftPoolRouter, fit_pool_scales, sample_losses_torch
 from ._features import FEATURE_RADII, atom_features
 from ._generator import (
@@ -20,6 +21,13 @@ from ._generator import (
 )
 from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion, nearest_ion_distances
 from ._history import RefinementHistory, RoundRecord
+from ._mixed import (
+    DEFAULT_SPECIES,
+    MixedForceModel,
+    cache_router_features,
+    fit_router,
+    smooth_router_features,
+)
 from ._oracle import (
     LOSSES,
     hard_route,
@@ -36,6 +44,12 @@ from ._synthetic import synthetic_cache
 from ._table import METRICS, evaluate_cache, scale_table
 
 __all__ = [
+    "DEFAULT_SPECIES",
+    "MixedForceModel",
+    "ScalepoolCalculator",
+    "cache_router_features",
+    "fit_router",
+    "smooth_router_features",
     "FEATURE_RADII",
     "GRANULARITIES",
     "LOSSES",
