@@ -13,11 +13,12 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from ..train._common import git_commit  # one definition for runs, caches and studies
 
 #: Distributions whose versions shape results.
 _LIBRARIES = ("scalepool", "numpy", "scipy", "torch", "pandas", "optuna", "matplotlib", "openmm")
@@ -31,27 +32,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def git_commit(root: str | os.PathLike | None = None) -> str | None:
-    """Commit of the scalepool source tree, suffixed ``+dirty`` when tracked files
-    differ from it; ``None`` outside a git checkout."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (commit + ("+dirty" if dirty else "")) if commit else None
 
 
 def library_versions() -> dict[str, str]:
