@@ -27,6 +27,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+def rigid_water_constraint(atoms):
+    """FixBondLengths on O-H, O-H and H-H of every water (O followed by its two H).
+
+    The testbed's reference forces come from rigid TIP3P: the models never saw
+    a stretched O-H bond, so unconstrained MD heats up within femtoseconds.
+    """
+    from ase.constraints import FixBondLengths
+
+    z = atoms.numbers
+    pairs = []
+    for o in range(len(z) - 2):
+        if z[o] == 8 and z[o + 1] == 1 and z[o + 2] == 1:
+            pairs += [(o, o + 1), (o, o + 2), (o + 1, o + 2)]
+    return FixBondLengths(pairs, tolerance=1e-10)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", required=True, help="model file of the s=0 branch")
@@ -43,6 +59,11 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save", default=None, help="write the fitted mixed model here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flexible-water",
+        action="store_true",
+        help="no water constraints (default: rigid O-H and H-H lengths, as in the rigid-water training data)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -82,6 +103,8 @@ def main(argv=None) -> None:
         cell=cache.cell[frame] if pbc else None,
         pbc=pbc,
     )
+    if not args.flexible_water:
+        atoms.set_constraint(rigid_water_constraint(atoms))
     atoms.calc = ScalepoolCalculator(model, float64=not args.float32, device=args.device)
     rng = np.random.default_rng(args.seed)
     masses = atoms.get_masses()[:, None]
