@@ -150,7 +150,9 @@ def test_sigkill_then_resume_loses_no_finished_trial(cache_path, tmp_path):
     assert failed == running  # the trial the kill interrupted was failed ...
     for number in failed:  # ... and its parameters ran again
         retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == number)
-        assert retry.params == study.trials[number].params and retry.state == TrialState.COMPLETE
+        interrupted = study.trials[number].params  # a kill mid-suggest leaves only some parameters
+        assert retry.state == TrialState.COMPLETE
+        assert {key: retry.params[key] for key in interrupted} == interrupted
 
 
 def test_two_workers_share_one_sqlite_study(cache_path, tmp_path):

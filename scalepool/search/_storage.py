@@ -207,6 +207,9 @@ def recover_dead_trials(study: optuna.Study, include_own: bool = False) -> list[
     """Fail the RUNNING trials whose worker process on this host is gone, queue their
     parameters again, and return their numbers.
 
+    A worker killed half-way through its suggestions leaves a trial with only some of
+    its parameters; the retry repeats those and the sampler draws the rest.
+
     ``include_own`` also recovers trials of this very process (after an error
     left one RUNNING).  Trials of other hosts are left to the RDB heartbeat.
     """
