@@ -10,9 +10,15 @@ electrostatics), batch size and aggregation path it times
 and prints the best-of-``--repeats`` wall-clock ms per step, frames/s and
 atom-steps/s (atoms times steps per second), plus the process CPU seconds of
 that step (CPU time is the steadier number on a shared machine).  The neighbour
-search (vesin) is part of every step.  A peer implementation (schnetpack's
-PaiNN at the same width, depth and cutoff) runs when ``import schnetpack``
-works; torch-scatter aggregation when ``import torch_scatter`` works.
+search (vesin, on the CPU) is part of every step.  torch-scatter aggregation
+runs when ``import torch_scatter`` works.
+
+Peer comparison, when ``import schnetpack`` works: schnetpack's PaiNN at the
+same width, depth, radial basis size and cutoff, fed the same neighbour list
+(built inside its step too), against our PaiNN backbone alone at that cutoff
+(``ShortRangeBranch(cutoff=...)``: at 4.5 Å this *is* the short branch; at
+6 Å it is the long branch without its P3M head, which schnetpack does not
+have).  A second table prints ``peer ms / our ms``: above 1 means we are faster.
 
 Input: ``--dataset PATH`` (a scalepool ``.npz``; the first frames are used),
 else a seeded random water-density box of O/H/Na/Cl
@@ -55,13 +61,19 @@ def load_frames(path: str | None, box: float, n_frames: int) -> FrameSet:
     return frames[list(range(n_frames))]
 
 
-def time_step(step, repeats: int) -> tuple[float, float]:
+def time_step(step, repeats: int, device: torch.device) -> tuple[float, float]:
     """Wall seconds of the fastest of ``repeats`` calls (after one warm-up) and its CPU seconds."""
-    step()
+
+    def synchronized():
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    synchronized()
     best = (float("inf"), float("inf"))
     for _ in range(repeats):
         w, c = time.perf_counter(), time.process_time()
-        step()
+        synchronized()
         best = min(best, (time.perf_counter() - w, time.process_time() - c))
     return best
 
@@ -83,8 +95,14 @@ def make_step(model: torch.nn.Module, batch: AtomsBatch, mode: str):
     return {"infer": infer, "train": train}[mode]
 
 
-def schnetpack_peer(cutoff: float, n_features: int, n_interactions: int, n_rbf: int):
+def schnetpack_peer(cutoff: float, n_features: int, n_interactions: int, n_rbf: int, device: torch.device):
     """A step function factory for schnetpack's PaiNN, or None when schnetpack is absent."""
+    import typing
+
+    import torch.utils.data.dataloader as loader
+
+    if not hasattr(loader, "T_co"):  # schnetpack 2.1.1 imports this private name, gone in newer torch
+        loader.T_co = typing.TypeVar("T_co", covariant=True)
     try:
         import schnetpack as spk  # noqa: F401
         import schnetpack.properties as props
@@ -100,8 +118,11 @@ def schnetpack_peer(cutoff: float, n_features: int, n_interactions: int, n_rbf: 
     model = spk.model.NeuralNetworkPotential(
         representation=representation,
         input_modules=[spk.atomistic.PairwiseDistances()],
-        output_modules=[spk.atomistic.Atomwise(n_in=n_features), spk.atomistic.Forces()],
-    )
+        output_modules=[
+            spk.atomistic.Atomwise(n_in=n_features, output_key="energy"),
+            spk.atomistic.Forces(energy_key="energy", force_key="forces"),
+        ],
+    ).to(device)
 
     def factory(batch: AtomsBatch, mode: str):
         def step():
@@ -110,7 +131,7 @@ def schnetpack_peer(cutoff: float, n_features: int, n_interactions: int, n_rbf: 
                 props.Z: batch.numbers,
                 props.R: batch.positions.clone(),
                 props.cell: batch.cell,
-                props.pbc: torch.ones(batch.n_frames, 3, dtype=torch.bool),
+                props.pbc: torch.ones(batch.n_frames, 3, dtype=torch.bool, device=batch.device),
                 props.idx_i: pairs[:, 0],
                 props.idx_j: pairs[:, 1],
                 props.offsets: torch.einsum("pk,pkl->pl", shifts.to(batch.positions.dtype),
@@ -119,14 +140,58 @@ def schnetpack_peer(cutoff: float, n_features: int, n_interactions: int, n_rbf: 
                 props.n_atoms: torch.bincount(batch.frame_index),
             }  # fmt: skip
             model.train(mode == "train")
+            model.zero_grad(set_to_none=True)
             out = model(inputs)
-            if mode == "train":
-                (out["forces"] ** 2).mean().backward()
+            if mode == "train":  # the same loss as make_step's
+                ((out["forces"] ** 2).mean() + 1e-3 * (out["energy"] ** 2).mean()).backward()
             return out["forces"].sum().item()
 
         return step
 
+    factory.model = model
     return factory
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _print_row(row) -> None:
+    print("| {} | {} | {} | {} | {:.0f} | {:.2f} | {:.0f} | {:.2f} |".format(*row), flush=True)
+
+
+def peer_comparison(args, frames: FrameSet, overrides: dict, device: torch.device) -> list[tuple]:
+    """Our PaiNN backbone and schnetpack's at each branch's cutoff; prints the peer/our ratio."""
+    rows, ratios = [], []
+    for kind in args.branches:
+        torch.manual_seed(0)
+        reference = build_branch(kind, **overrides).backbone.config  # width, depth, basis of this branch
+        cfg = {key: reference[key] for key in ("cutoff", "n_features", "n_interactions", "n_rbf", "radial_basis")}
+        ours = build_branch("short", **cfg).to(device)
+        peer = schnetpack_peer(ours.cutoff, cfg["n_features"], cfg["n_interactions"], cfg["n_rbf"], device)
+        if peer is None:
+            print("# schnetpack is not installed: no peer rows (pip install schnetpack, with torch pinned)")
+            return rows
+        label = f"painn {ours.cutoff:g} A"
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        print(f"# {label}: {cfg['n_features']} features, {cfg['n_interactions']} interactions, "
+              f"{cfg['n_rbf']} radial functions; parameters scalepool {count(ours):,}, "
+              f"schnetpack {count(peer.model):,}")  # fmt: skip
+        for size in args.batch_sizes:
+            batch = AtomsBatch.from_frameset(frames, indices=list(range(size))).to(device)
+            for mode in args.modes:
+                timed = {}
+                for impl, step in (("scalepool", make_step(ours, batch, mode)), ("schnetpack", peer(batch, mode))):
+                    wall, cpu = time_step(step, args.repeats, device)
+                    timed[impl] = wall
+                    row = (label, impl, size, mode, 1e3 * wall, size / wall, batch.n_atoms / wall, cpu)
+                    rows.append(row)
+                    _print_row(row)
+                ratios.append((label, size, mode, timed["schnetpack"] / timed["scalepool"]))
+    print("\n| model | batch | mode | schnetpack ms / scalepool ms |\n|---|---|---|---|")
+    for label, size, mode, ratio in ratios:
+        print(f"| {label} | {size} | {mode} | {ratio:.2f} |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-features", type=int, default=None, help="override the default width")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the schnetpack comparison")
     parser.add_argument(
         "--glibc-default",
         action="store_true",
@@ -156,10 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # fmt: skip
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available in this torch build")
     allocator = "glibc default" if args.glibc_default else f"keep_freed_memory={keep_freed_memory()}"
     frames = load_frames(args.dataset, args.box, max(args.batch_sizes))
     print(f"# {frames.n_atoms} atoms per frame, {args.threads} threads, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, allocator: {allocator}, "
+          f"{platform.processor() or platform.machine()}, device {_device_name(device)}, allocator: {allocator}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     if not HAS_TORCH_SCATTER:
         print("# torch-scatter is not installed: its aggregation rows are skipped")
@@ -173,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             if aggregation == "torch_scatter" and not HAS_TORCH_SCATTER:
                 continue
             torch.manual_seed(0)
-            model = build_branch(kind, aggregation=aggregation, **overrides)
+            model = build_branch(kind, aggregation=aggregation, **overrides).to(device)
             cfg = model.config
             for size in args.batch_sizes:
-                batch = AtomsBatch.from_frameset(frames, indices=list(range(size)))
+                batch = AtomsBatch.from_frameset(frames, indices=list(range(size))).to(device)
                 for mode in args.modes:
                     if (
                         mode == "train"
@@ -187,37 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                             f"# {kind} {aggregation} batch {size} train skipped: above --max-plain-train-atoms"
                         )
                         continue
-                    wall, cpu = time_step(make_step(model, batch, mode), args.repeats)
+                    wall, cpu = time_step(make_step(model, batch, mode), args.repeats, device)
                     row = (kind, f"{cfg['backbone']}-{aggregation}", size, mode, 1e3 * wall,
                            size / wall, batch.n_atoms / wall, cpu)  # fmt: skip
                     rows.append(row)
-                    print(
-                        "| {} | {} | {} | {} | {:.0f} | {:.2f} | {:.0f} | {:.2f} |".format(*row), flush=True
-                    )
-        peer = schnetpack_peer(model.cutoff, model.n_features, model.backbone.n_interactions,
-                               model.backbone.n_rbf)  # fmt: skip
-        if peer is None:
-            if kind == args.branches[0]:
-                print(
-                    "# schnetpack is not installed: no peer PaiNN rows (not installed to keep torch pinned)"
-                )
-            continue
-        for size in args.batch_sizes:
-            batch = AtomsBatch.from_frameset(frames, indices=list(range(size)))
-            for mode in args.modes:
-                wall, cpu = time_step(peer(batch, mode), args.repeats)
-                row = (
-                    kind,
-                    "schnetpack-painn",
-                    size,
-                    mode,
-                    1e3 * wall,
-                    size / wall,
-                    batch.n_atoms / wall,
-                    cpu,
-                )
-                rows.append(row)
-                print("| {} | {} | {} | {} | {:.0f} | {:.2f} | {:.0f} | {:.2f} |".format(*row), flush=True)
+                    _print_row(row)
+    if not args.no_peer:
+        rows += peer_comparison(args, frames, overrides, device)
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)

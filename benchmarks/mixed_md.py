@@ -59,6 +59,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save", default=None, help="write the fitted mixed model here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trace", default=None, help="write step, time, E_pot, E_kin, E_tot, T per step to this CSV")
     parser.add_argument(
         "--flexible-water",
         action="store_true",
@@ -113,14 +114,26 @@ def main(argv=None) -> None:
 
     dyn = VelocityVerlet(atoms, timestep=args.timestep * units.fs)
     n = len(atoms)
-    totals = [atoms.get_total_energy()]
+    trace = []
+
+    def record(step: int) -> float:
+        potential, kinetic = atoms.get_potential_energy(), atoms.get_kinetic_energy()
+        trace.append((step, step * args.timestep, potential, kinetic, potential + kinetic, atoms.get_temperature()))
+        return potential + kinetic
+
+    totals = [record(0)]
     t0 = time.perf_counter()
     for step in range(args.steps):
         dyn.run(1)
-        totals.append(atoms.get_total_energy())
+        totals.append(record(step + 1))
         if (step + 1) % max(1, args.steps // 10) == 0:
             print(f"  step {step + 1:5d}  E_tot {totals[-1]:.6f} eV  T {atoms.get_temperature():.1f} K", flush=True)
     per_step = (time.perf_counter() - t0) / max(args.steps, 1)
+    if args.trace:
+        import pandas as pd
+
+        columns = ["step", "time_fs", "e_pot_eV", "e_kin_eV", "e_tot_eV", "temperature_K"]
+        pd.DataFrame(trace, columns=columns).to_csv(args.trace, index=False)
     totals = np.asarray(totals) / n
     time_ps = np.arange(len(totals)) * args.timestep * 1e-3
     slope = np.polyfit(time_ps, totals, 1)[0] if len(totals) > 1 else float("nan")

@@ -10,7 +10,18 @@ from ._descriptors import (
 )
 from ._frameset import DatasetError, FrameSet, save_npz_atomic, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
-from ._nacl import build_nacl_system, generate_nacl, openmm_reference_forces
+
+# The testbed generator needs OpenMM; load it on first use so that models,
+# training and the scale layer import (and run, e.g. on a GPU node) without it.
+_OPENMM_NAMES = ("build_nacl_system", "generate_nacl", "openmm_reference_forces")
+
+
+def __getattr__(name: str):
+    if name in _OPENMM_NAMES:
+        from . import _nacl
+
+        return getattr(_nacl, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "SUPPORTED_READ",
