@@ -27,22 +27,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def rigid_water_constraint(atoms):
-    """FixBondLengths on O-H, O-H and H-H of every water (O followed by its two H).
-
-    The testbed's reference forces come from rigid TIP3P: the models never saw
-    a stretched O-H bond, so unconstrained MD heats up within femtoseconds.
-    """
-    from ase.constraints import FixBondLengths
-
-    z = atoms.numbers
-    pairs = []
-    for o in range(len(z) - 2):
-        if z[o] == 8 and z[o + 1] == 1 and z[o + 2] == 1:
-            pairs += [(o, o + 1), (o, o + 2), (o + 1, o + 2)]
-    return FixBondLengths(pairs, tolerance=1e-10)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--short", required=True, help="model file of the s=0 branch")
@@ -71,6 +55,7 @@ def main(argv=None) -> None:
     from ase import Atoms, units
     from ase.md.verlet import VelocityVerlet
 
+    from scalepool.md import RigidBonds, rigid_water_pairs
     from scalepool.models import load_model, save_model
     from scalepool.scales import PredictionCache
     from scalepool.scales._calculator import ScalepoolCalculator
@@ -105,7 +90,9 @@ def main(argv=None) -> None:
         pbc=pbc,
     )
     if not args.flexible_water:
-        atoms.set_constraint(rigid_water_constraint(atoms))
+        # The reference forces are rigid TIP3P: the models never saw a stretched
+        # O-H bond, so unconstrained MD heats up within femtoseconds.
+        atoms.set_constraint(RigidBonds(rigid_water_pairs(atoms.numbers), tolerance=1e-10))
     atoms.calc = ScalepoolCalculator(model, float64=not args.float32, device=args.device)
     rng = np.random.default_rng(args.seed)
     masses = atoms.get_masses()[:, None]

@@ -8,10 +8,12 @@ Every model is a :class:`ForceModel`: ``model(batch)`` returns
 from . import _keys as keys
 from ._allocator import keep_freed_memory
 from ._base import (
+    AGGREGATIONS,
     MODEL_REGISTRY,
     N_SPECIES,
     Features,
     ForceModel,
+    MessagePassingBackbone,
     build_model,
     check_batch,
     fit_species_statistics,
@@ -37,10 +39,12 @@ from ._scatter import HAS_TORCH_SCATTER, scatter_sum
 from ._schnet import SchNet
 
 __all__ = [
+    "AGGREGATIONS",
     "BACKBONES",
     "HAS_TORCH_SCATTER",
     "LONG_CUTOFF",
     "MODEL_REGISTRY",
+    "MessagePassingBackbone",
     "N_SPECIES",
     "SHORT_CUTOFF",
     "TESTBED_CHARGES",

@@ -33,6 +33,7 @@ from torch import nn
 from ..data import FrameSet
 from . import _keys as K
 from ._batch import AtomsBatch
+from ._radial import MLP
 from ._scatter import scatter_sum
 
 #: Size of per-species tables: indexed directly by atomic number (0 unused).
@@ -153,6 +154,88 @@ class ForceModel(nn.Module):
         if not grad_wanted:
             out = {key: value.detach() for key, value in out.items()}
         return out
+
+
+#: How message-passing backbones sum messages: ``"fused"`` chunked kernels
+#: (default, fastest on CPU), ``"index_add"`` plain tensor ops with
+#: ``index_add_``, ``"torch_scatter"`` plain ops with torch-scatter (if
+#: installed).  All give the same numbers.
+AGGREGATIONS = ("fused", "index_add", "torch_scatter")
+
+
+class MessagePassingBackbone(ForceModel):
+    """Shared constructor and neighbour handling of the cutoff backbones (PaiNN, SchNet).
+
+    Stores and validates the hyperparameters every such backbone has, records
+    them in ``config``, and builds the species embedding and the energy head;
+    subclasses add their interaction blocks and implement :meth:`embed_edges`.
+
+    Parameters
+    ----------
+    cutoff : Å
+    n_features : width F of the features
+    n_interactions : message-passing blocks
+    n_rbf : radial basis functions per edge
+    radial_basis, cutoff_function : names understood by ``_radial``
+    aggregation : one of :data:`AGGREGATIONS`
+    """
+
+    def __init__(
+        self,
+        cutoff: float,
+        n_features: int,
+        n_interactions: int,
+        n_rbf: int,
+        radial_basis: str,
+        cutoff_function: str,
+        aggregation: str,
+    ):
+        super().__init__(
+            cutoff,
+            dict(
+                cutoff=float(cutoff),
+                n_features=int(n_features),
+                n_interactions=int(n_interactions),
+                n_rbf=int(n_rbf),
+                radial_basis=radial_basis,
+                cutoff_function=cutoff_function,
+                aggregation=aggregation,
+            ),
+        )
+        if n_features < 1 or n_interactions < 1 or n_rbf < 1:
+            raise ValueError(
+                f"n_features, n_interactions and n_rbf must be positive, got {n_features}, "
+                f"{n_interactions}, {n_rbf}"
+            )
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.n_features = int(n_features)
+        self.n_interactions = int(n_interactions)
+        self.n_rbf = int(n_rbf)
+        self.radial_basis = radial_basis
+        self.cutoff_function = cutoff_function
+        self.aggregation = aggregation
+        self.embedding = nn.Embedding(N_SPECIES, self.n_features)
+
+    def _build_energy_head(self, activation: str = "silu") -> None:
+        """The (n, F) -> (n, 1) head; subclasses call it after their blocks, which
+        keeps the order of the random initialisation (and so seeded weights) stable."""
+        self.energy_head = MLP(self.n_features, max(self.n_features // 2, 1), 1, activation=activation)
+
+    def embed(self, batch: AtomsBatch) -> Features:
+        pairs, shifts = batch.neighbors(self.cutoff)
+        return self.embed_edges(batch.numbers, batch.edge_vectors(pairs, shifts), pairs)
+
+    def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
+        """Features from a full neighbour list.
+
+        numbers : (n,) atomic numbers; vectors : (E, 3) Å, r_ij = x_j - x_i;
+        pairs : (E, 2) int64, (i, j), both directions present
+        """
+        raise NotImplementedError
+
+    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
+        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
 
 
 def check_batch(batch: AtomsBatch, model: nn.Module | None = None) -> None:

@@ -20,16 +20,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import Features, ForceModel, register_model
-from ._batch import AtomsBatch
+from ._base import AGGREGATIONS, Features, MessagePassingBackbone, register_model
 from ._edge_ops import gather_mul_scatter, outer_scatter
 from ._radial import MLP, radial_features
 from ._scatter import scatter_sum
 
-#: How messages are summed: ``"fused"`` chunked kernels (default, fastest on
-#: CPU), ``"index_add"`` plain tensor ops with ``index_add_``, ``"torch_scatter"``
-#: plain ops with torch-scatter (if installed).  All give the same numbers.
-AGGREGATIONS = ("fused", "index_add", "torch_scatter")
+__all__ = ["AGGREGATIONS", "PaiNN", "PaiNNInteraction"]
 
 
 class PaiNNInteraction(nn.Module):
@@ -93,7 +89,7 @@ class PaiNNInteraction(nn.Module):
 
 
 @register_model
-class PaiNN(ForceModel):
+class PaiNN(MessagePassingBackbone):
     """PaiNN backbone behind the :class:`ForceModel` interface.
 
     Parameters
@@ -124,40 +120,10 @@ class PaiNN(ForceModel):
         cutoff_function: str = "polynomial",
         aggregation: str = "fused",
     ):
-        super().__init__(
-            cutoff,
-            dict(
-                cutoff=float(cutoff),
-                n_features=int(n_features),
-                n_interactions=int(n_interactions),
-                n_rbf=int(n_rbf),
-                radial_basis=radial_basis,
-                cutoff_function=cutoff_function,
-                aggregation=aggregation,
-            ),
-        )
-        if n_features < 1 or n_interactions < 1 or n_rbf < 1:
-            raise ValueError(
-                f"n_features, n_interactions and n_rbf must be positive, got {n_features}, "
-                f"{n_interactions}, {n_rbf}"
-            )
-        self.n_features = int(n_features)
-        self.n_interactions = int(n_interactions)
-        self.n_rbf = int(n_rbf)
-        self.radial_basis = radial_basis
-        self.cutoff_function = cutoff_function
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        self.aggregation = aggregation
-        self.embedding = nn.Embedding(119, n_features)
-        self.filters = nn.Linear(n_rbf, 3 * n_features * n_interactions, bias=False)
-        self.interactions = nn.ModuleList(PaiNNInteraction(n_features) for _ in range(n_interactions))
-        self.energy_head = MLP(n_features, max(n_features // 2, 1), 1)
-
-    def embed(self, batch: AtomsBatch) -> Features:
-        pairs, shifts = batch.neighbors(self.cutoff)
-        vectors = batch.edge_vectors(pairs, shifts)
-        return self.embed_edges(batch.numbers, vectors, pairs)
+        super().__init__(cutoff, n_features, n_interactions, n_rbf, radial_basis, cutoff_function, aggregation)
+        self.filters = nn.Linear(n_rbf, 3 * self.n_features * self.n_interactions, bias=False)
+        self.interactions = nn.ModuleList(PaiNNInteraction(self.n_features) for _ in range(self.n_interactions))
+        self._build_energy_head()
 
     def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
         """Features from a full neighbour list.
@@ -175,5 +141,3 @@ class PaiNN(ForceModel):
             s, v = block(s, v, rbf, weight, unit, centers, neighbors, self.aggregation)
         return Features(s, v)
 
-    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)

@@ -17,13 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import Features, ForceModel, register_model
-from ._batch import AtomsBatch
+from ._base import AGGREGATIONS, Features, MessagePassingBackbone, register_model
 from ._edge_ops import gather_mul_scatter
 from ._radial import MLP, cutoff_envelope, radial_basis, shifted_softplus
 from ._scatter import scatter_sum
 
-AGGREGATIONS = ("fused", "index_add", "torch_scatter")
+__all__ = ["AGGREGATIONS", "SchNet", "SchNetInteraction"]
 
 
 class SchNetInteraction(nn.Module):
@@ -53,7 +52,7 @@ class SchNetInteraction(nn.Module):
 
 
 @register_model
-class SchNet(ForceModel):
+class SchNet(MessagePassingBackbone):
     """SchNet backbone behind the :class:`ForceModel` interface.
 
     Parameters
@@ -77,41 +76,12 @@ class SchNet(ForceModel):
         cutoff_function: str = "cosine",
         aggregation: str = "fused",
     ):
-        super().__init__(
-            cutoff,
-            dict(
-                cutoff=float(cutoff),
-                n_features=int(n_features),
-                n_interactions=int(n_interactions),
-                n_rbf=int(n_rbf),
-                radial_basis=radial_basis,
-                cutoff_function=cutoff_function,
-                aggregation=aggregation,
-            ),
-        )
-        if n_features < 1 or n_interactions < 1 or n_rbf < 1:
-            raise ValueError(
-                f"n_features, n_interactions and n_rbf must be positive, got {n_features}, "
-                f"{n_interactions}, {n_rbf}"
-            )
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        self.n_features = int(n_features)
-        self.n_interactions = int(n_interactions)
-        self.n_rbf = int(n_rbf)
-        self.radial_basis = radial_basis
-        self.cutoff_function = cutoff_function
-        self.aggregation = aggregation
-        self.embedding = nn.Embedding(119, n_features)
-        self.filter_in = nn.Linear(n_rbf, n_features)
-        self.filter_out = nn.Linear(n_features, n_features * n_interactions, bias=False)
-        self.interactions = nn.ModuleList(SchNetInteraction(n_features) for _ in range(n_interactions))
-        self.energy_head = MLP(n_features, max(n_features // 2, 1), 1, activation="ssp")
-
-    def embed(self, batch: AtomsBatch) -> Features:
-        pairs, shifts = batch.neighbors(self.cutoff)
-        vectors = batch.edge_vectors(pairs, shifts)
-        return self.embed_edges(batch.numbers, vectors, pairs)
+        super().__init__(cutoff, n_features, n_interactions, n_rbf, radial_basis, cutoff_function, aggregation)
+        F = self.n_features
+        self.filter_in = nn.Linear(n_rbf, F)
+        self.filter_out = nn.Linear(F, F * self.n_interactions, bias=False)
+        self.interactions = nn.ModuleList(SchNetInteraction(F) for _ in range(self.n_interactions))
+        self._build_energy_head(activation="ssp")
 
     def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
         """Features from a full neighbour list.
@@ -132,5 +102,3 @@ class SchNet(ForceModel):
             s = block(s, filters, centers, neighbors, self.aggregation)
         return Features(s, None)
 
-    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
