@@ -42,18 +42,41 @@ class AtomsBatch:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> AtomsBatch:
-        """Batch the frames ``indices`` (all when ``None``) of ``frames``."""
-        idx = np.arange(frames.n_frames) if indices is None else np.atleast_1d(np.asarray(indices))
-        n, n_atoms = len(idx), frames.n_atoms
+        """Batch the frames ``indices`` (all when ``None``) of ``frames``, with their labels."""
+        return cls.from_arrays(
+            frames.positions, frames.numbers, frames.cell, indices,
+            forces=frames.forces, energy=frames.energy, device=device, dtype=dtype,
+        )  # fmt: skip
+
+    @classmethod
+    def from_arrays(
+        cls,
+        positions: np.ndarray,
+        numbers: np.ndarray,
+        cell: np.ndarray | None,
+        indices=None,
+        forces: np.ndarray | None = None,
+        energy: np.ndarray | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> AtomsBatch:
+        """Batch frames ``indices`` (all when ``None``) of per-frame arrays.
+
+        ``positions`` (F, N, 3) Å, ``numbers`` (N,), ``cell`` (F, 3, 3) Å or ``None``,
+        optional labels ``forces`` (F, N, 3) eV/Å and ``energy`` (F,) eV: the layout
+        of a :class:`~scalepool.data.FrameSet` and of a prediction cache.
+        """
+        idx = np.arange(len(positions)) if indices is None else np.atleast_1d(np.asarray(indices))
+        n, n_atoms = len(idx), positions.shape[1]
         as_tensor = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
         return cls(
-            positions=as_tensor(frames.positions[idx].reshape(-1, 3)),
-            numbers=torch.as_tensor(np.tile(frames.numbers, n), dtype=torch.long, device=device),
+            positions=as_tensor(positions[idx].reshape(-1, 3)),
+            numbers=torch.as_tensor(np.tile(numbers, n), dtype=torch.long, device=device),
             frame_index=torch.arange(n, device=device).repeat_interleave(n_atoms),
-            cell=None if frames.cell is None else as_tensor(frames.cell[idx]),
+            cell=None if cell is None else as_tensor(cell[idx]),
             n_frames=n,
-            forces=as_tensor(frames.forces[idx].reshape(-1, 3)),
-            energy=None if frames.energy is None else as_tensor(frames.energy[idx]),
+            forces=None if forces is None else as_tensor(forces[idx].reshape(-1, 3)),
+            energy=None if energy is None else as_tensor(energy[idx]),
         )
 
     @property
@@ -66,13 +89,15 @@ class AtomsBatch:
 
     def to(self, device=None, dtype=None) -> AtomsBatch:
         """Copy to another device and/or float dtype (integers keep theirs)."""
+
         def move(t):
             if t is None:
                 return None
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
 
         return dataclasses.replace(
-            self, **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "n_frames"}
+            self,
+            **{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "n_frames"},
         )
 
     def neighbors(self, cutoff: float, full_list: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

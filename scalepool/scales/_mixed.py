@@ -183,18 +183,6 @@ class MixedForceModel(ForceModel):
         return e0 + s * (e1 - e0)
 
 
-def _cache_batch(cache: PredictionCache, index: np.ndarray, dtype: torch.dtype, device) -> AtomsBatch:
-    n_atoms, n = cache.n_atoms, len(index)
-    as_tensor = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
-    return AtomsBatch(
-        positions=as_tensor(cache.positions[index].reshape(-1, 3)),
-        numbers=torch.as_tensor(np.tile(cache.numbers, n), dtype=torch.long, device=device),
-        frame_index=torch.arange(n, device=device).repeat_interleave(n_atoms),
-        cell=None if cache.cell is None else as_tensor(cache.cell[index]),
-        n_frames=n,
-    )
-
-
 @torch.no_grad()
 def cache_router_features(
     model: MixedForceModel, cache: PredictionCache, frames_per_batch: int = 8
@@ -206,7 +194,11 @@ def cache_router_features(
     out = []
     for start in range(0, cache.n_frames, frames_per_batch):
         index = np.arange(start, min(start + frames_per_batch, cache.n_frames))
-        feats = model.features(_cache_batch(cache, index, dtype, device))
+        feats = model.features(
+            AtomsBatch.from_arrays(
+                cache.positions, cache.numbers, cache.cell, index, device=device, dtype=dtype
+            )
+        )
         out.append(feats.reshape(len(index), cache.n_atoms, -1))
     return torch.cat(out, dim=0)
 

@@ -22,9 +22,8 @@ import pandas as pd
 
 from ..metrics import MAE, N_ATOMS, RMSE, constant_force_baseline, element_symbol, force_errors
 from ..units import EV_TO_MEV
-from ._common import SplitView, as_paths, binned, cache_labels, load_caches, mean_std, subsample
+from ._common import SplitView, binned, mean_std, open_study, subsample
 from ._registry import Option, Study, register
-from ._results import ResultsDir
 
 NAME = "branch_comparison"
 SPLITS = ("val", "test")
@@ -39,9 +38,9 @@ def _models(cache, view_index) -> dict[str, np.ndarray]:
 
 
 def run(preds, out, *, seeds=(0,), device="cpu", parameters=None, parity_points=3000) -> Path:
-    preds = as_paths(preds)
-    caches, labels = load_caches(preds), cache_labels(preds)
-    results = ResultsDir(out, NAME, parameters or {"parity_points": parity_points}, seeds, preds)
+    caches, labels, results = open_study(
+        preds, out, NAME, parameters or {"parity_points": parity_points}, seeds
+    )
     rows, profiles, parity, comp = [], [], [], {}
     for label, cache in zip(labels, caches, strict=True):
         for split in SPLITS:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..scales import PredictionCache, interpolate, ion_mask, nearest_ion_distances
 from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
+from ._results import ResultsDir
 
 #: Å, bin edges of nearest-ion distance profiles (the last bin is open-ended).
 DISTANCE_EDGES = (0.0, *np.round(np.arange(2.0, 10.01, 0.5), 3).tolist())
@@ -152,3 +153,34 @@ def as_paths(paths) -> list[Path]:
     if not paths:
         raise ValueError("at least one prediction cache (--pred) is needed")
     return [Path(p) for p in paths]
+
+
+@dataclasses.dataclass
+class OpenedStudy:
+    """What every cache-reading study starts from (see :func:`open_study`).
+
+    Attributes
+    ----------
+    caches : the validated prediction caches, in the order given
+    labels : one short unique label per cache (file stems)
+    results : the study's results folder, closed later with ``results.finish``
+    """
+
+    caches: list[PredictionCache]
+    labels: list[str]
+    results: ResultsDir
+
+    def __iter__(self):
+        return iter((self.caches, self.labels, self.results))
+
+    def labelled(self):
+        """``(label, cache)`` pairs."""
+        return list(zip(self.labels, self.caches, strict=True))
+
+
+def open_study(preds, out, name: str, parameters: dict, seeds) -> OpenedStudy:
+    """Load and validate the caches ``preds`` (one path or many; errors name the file)
+    and open the results folder ``out`` of study ``name`` with its provenance."""
+    paths = as_paths(preds)
+    caches = load_caches(paths)
+    return OpenedStudy(caches, cache_labels(paths), ResultsDir(out, name, parameters, seeds, paths))

@@ -21,9 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..scales import scale_table
-from ._common import SplitView, as_paths, cache_labels, global_s_curve, load_caches, mean_std
+from ._common import SplitView, global_s_curve, mean_std, open_study
 from ._registry import Option, Study, register
-from ._results import ResultsDir
 
 NAME = "generator_swap"
 
@@ -44,9 +43,9 @@ def run(
     router_steps=300,
     soft_steps=150,
 ) -> Path:
-    preds = as_paths(preds)
-    caches, labels = load_caches(preds), cache_labels(preds)
-    results = ResultsDir(out, NAME, parameters or {"generator": generator, "base": base}, seeds, preds)
+    caches, labels, results = open_study(
+        preds, out, NAME, parameters or {"generator": generator, "base": base}, seeds
+    )
     usable = [(lab, c) for lab, c in zip(labels, caches, strict=True) if {base, generator} <= set(c.branches)]
     if not usable:
         have = sorted({b for c in caches for b in c.branches})

@@ -28,18 +28,8 @@ import pandas as pd
 
 from ..metrics import element_symbol
 from ..scales import RoutingProblem, scale_table
-from ._common import (
-    SplitView,
-    as_paths,
-    binned,
-    cache_labels,
-    global_s_curve,
-    load_caches,
-    mean_std,
-    subsample,
-)
+from ._common import SplitView, binned, global_s_curve, mean_std, open_study, subsample
 from ._registry import Option, Study, register
-from ._results import ResultsDir
 
 NAME = "oracle_table"
 UPPER = "(upper bound)"
@@ -81,10 +71,10 @@ def run(
     soft_steps=150,
     points=4000,
 ) -> Path:
-    preds = as_paths(preds)
-    caches, labels = load_caches(preds), cache_labels(preds)
     options = dict(granularity=granularity, loss=loss, tol=tol, max_size=max_size)
-    results = ResultsDir(out, NAME, parameters or {**options, "router_steps": router_steps}, seeds, preds)
+    caches, labels, results = open_study(
+        preds, out, NAME, parameters or {**options, "router_steps": router_steps}, seeds
+    )
     table, details = scale_table(
         caches,
         **options,

@@ -23,9 +23,8 @@ import pandas as pd
 
 from ..scales import RoutingProblem, ScalePool, refine_pool
 from ..units import EV_TO_MEV
-from ._common import SplitView, as_paths, cache_labels, load_caches, mean_std
+from ._common import SplitView, mean_std, open_study
 from ._registry import Option, Study, register
-from ._results import ResultsDir
 
 NAME = "pool_refinement"
 PAPER_POOL = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -73,10 +72,10 @@ def run(
     max_rounds=12,
     proposals="midpoints",
 ) -> Path:
-    preds = as_paths(preds)
-    caches, labels = load_caches(preds), cache_labels(preds)
     settings = dict(granularity=granularity, loss=loss, tol=tol, max_size=max_size, max_rounds=max_rounds)
-    results = ResultsDir(out, NAME, parameters or {**settings, "proposals": proposals}, seeds, preds)
+    caches, labels, results = open_study(
+        preds, out, NAME, parameters or {**settings, "proposals": proposals}, seeds
+    )
     kinds = tuple(p for p in proposals.split("+") if p)
     rounds, references, finals = [], [], []
     factor = EV_TO_MEV if loss == "mae" else EV_TO_MEV**2

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..scales import ContinuousRouter, HardRouter, RoutingProblem, refine_pool
-from ._common import SplitView, as_paths, cache_labels, load_caches, mean_std, subsample
+from ._common import SplitView, mean_std, open_study, subsample
 from ._registry import Option, Study, register
-from ._results import ResultsDir
 
 NAME = "routers"
 UPPER = "(upper bound)"
@@ -47,12 +46,12 @@ def run(
     layers=2,
     points=4000,
 ) -> Path:
-    preds = as_paths(preds)
-    caches, labels = load_caches(preds), cache_labels(preds)
     router_options = dict(
         granularity=granularity, loss=loss, steps=router_steps, hidden=hidden, layers=layers
     )
-    results = ResultsDir(out, NAME, parameters or {**router_options, "tol": tol}, seeds, preds)
+    caches, labels, results = open_study(
+        preds, out, NAME, parameters or {**router_options, "tol": tol}, seeds
+    )
     rows, agreement, choices, confusion = [], [], None, None
     for label, cache in zip(labels, caches, strict=True):
         pool, _ = refine_pool(
