@@ -12,7 +12,7 @@ import pytest
 
 import scalepool.data
 from scalepool.studies import BranchPlan, Pipeline, ReproduceConfig, make_config, reproduce
-from scalepool.studies._reproduce import STATE
+from scalepool.studies._reproduce import STATE, ParallelStage
 from scalepool.testing._systems import random_frames
 
 SMALL = {"n_features": 4, "n_interactions": 1, "n_rbf": 4, "cutoff": 3.0}
@@ -62,9 +62,10 @@ def test_reproduce_runs_then_skips_then_redoes_what_is_invalid(tmp_path, fake_op
     lines: list[str] = []
     out = tmp_path / "run"
     timings = reproduce(
-        out, config=_config(), progress=False, log=lines.append, figures_dir=tmp_path / "repo_figures"
+        out, config=_config(), progress=False, log=lines.append, figures_dir=tmp_path / "repo_figures", jobs=2
     )
     assert all(info["ran"] for info in timings.values())
+    assert any("in 2 worker processes" in line for line in lines)  # the branches trained side by side
     assert {
         "data",
         "train_short_s0",
@@ -148,5 +149,31 @@ def test_quick_settings_fit_the_demo_budget():
         quick.data["n_frames"] <= 80 and quick.data["box_nm"] <= 2.5 and quick.data["equilibration_ps"] <= 5
     )
     assert all(b.max_minutes <= 3 for b in quick.branches) and len(quick.model_seeds) == 1
-    assert not quick.muse and [b.name for b in quick.branches] == ["short", "long"]
+    assert quick.muse and [b.name for b in quick.branches] == ["short", "long", "muse"]
+    # two branches train side by side on 2 cores: the training wall time is that of two budgets
+    assert sum(b.max_minutes for b in quick.branches) / 2 <= 6.0
     assert full.data["n_frames"] > quick.data["n_frames"] and len(full.model_seeds) == 3 and full.muse
+
+
+def _job(argument):
+    if argument == "bad":
+        raise ValueError("no such branch")
+    return f"    ran {argument}", 0.5
+
+
+def test_parallel_stages_record_each_and_report_failures(tmp_path):
+    lines: list[str] = []
+    pipe = Pipeline(tmp_path, log=lines.append)
+    pipe.total = 3
+    stages = [ParallelStage(name, "k", _job, name) for name in ("a", "b", "bad")]
+    with pytest.raises(RuntimeError, match="bad: ValueError: no such branch"):
+        pipe.run_parallel(stages, workers=2, progress=False)
+    state = json.loads((tmp_path / STATE).read_text())
+    assert set(state) == {"a", "b"} and state["a"]["elapsed_s"] == 0.5  # finished stages are kept
+    assert "    ran a" in lines
+    # rerun: the recorded stages are up to date, only the failed one runs again (here, in this process)
+    again = Pipeline(tmp_path, log=lines.append)
+    again.total = 3
+    with pytest.raises(ValueError, match="no such branch"):
+        again.run_parallel(stages, workers=2, progress=False)
+    assert set(again.timings) == {"a", "b"} and not any(t["ran"] for t in again.timings.values())

@@ -50,6 +50,13 @@ def register(commands) -> None:
         help="torch CPU threads for training and prediction (default 1: fastest on a shared 2-core machine)",
     )
     reproduce.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="branches trained side by side, one process each (default: CPU cores // --threads; "
+        "1 on CUDA)",
+    )
+    reproduce.add_argument(
         "--figures-dir",
         type=Path,
         default=None,
@@ -222,7 +229,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     try:
         reproduce(
             args.out, quick=args.quick, device=args.device, seed=args.seed, threads=args.threads,
-            figures_dir=args.figures_dir, force=args.force, progress=not args.no_progress,
+            figures_dir=args.figures_dir, force=args.force, progress=not args.no_progress, jobs=args.jobs,
         )  # fmt: skip
     except KeyboardInterrupt:
         print(

@@ -15,17 +15,30 @@ their own checkpoints):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ._provenance import file_sha256, utc_now
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
 from ._results import PROVENANCE, write_json
 
 STATE = "stages.json"
+
+
+@dataclasses.dataclass
+class ParallelStage:
+    """A stage for :meth:`Pipeline.run_parallel`: ``job(argument) -> (message, elapsed_s)``."""
+
+    name: str
+    key: str
+    job: Callable[[Any], tuple[str, float]]
+    argument: Any
+    valid: Callable[[], bool] = lambda: True
 
 
 def _key(*parts) -> str:
@@ -60,21 +73,85 @@ class Pipeline:
     ):
         """Run ``action`` unless ``name`` finished before with this ``key`` and ``valid()`` holds."""
         self.index += 1
-        record = self.state.get(name)
         label = f"[{self.index}/{self.total}] {name}"
-        if record and record.get("key") == key and not self.forced(name) and valid():
-            self.log(f"{label}: up to date (took {record['elapsed_s']:.0f} s on {record['finished']})")
-            self.timings[name] = {"elapsed_s": record["elapsed_s"], "ran": False}
+        if self._up_to_date(label, name, key, valid):
             return None
         self.log(f"{label} ...")
         start = time.perf_counter()
         result = action()
-        elapsed = time.perf_counter() - start
+        self._record(label, name, key, time.perf_counter() - start)
+        return result
+
+    def _up_to_date(self, label: str, name: str, key: str, valid: Callable[[], bool]) -> bool:
+        record = self.state.get(name)
+        if record and record.get("key") == key and not self.forced(name) and valid():
+            self.log(f"{label}: up to date (took {record['elapsed_s']:.0f} s on {record['finished']})")
+            self.timings[name] = {"elapsed_s": record["elapsed_s"], "ran": False}
+            return True
+        return False
+
+    def _record(self, label: str, name: str, key: str, elapsed: float) -> None:
         self.state[name] = {"key": key, "elapsed_s": round(elapsed, 2), "finished": utc_now()}
         write_json(self.path, self.state)
         self.timings[name] = {"elapsed_s": elapsed, "ran": True}
         self.log(f"{label}: done in {elapsed:.0f} s")
-        return result
+
+    def run_parallel(self, stages: list[ParallelStage], workers: int, progress: bool = True) -> None:
+        """Run independent stages, up to ``workers`` at a time in separate processes.
+
+        Each stage's ``job(argument)`` must be a picklable module-level function
+        returning ``(message, elapsed_s)``.  Finished stages are recorded as
+        they complete, so an interruption loses only the ones still running
+        (and those resume from their own checkpoints).  With ``workers <= 1`` or
+        a single stage to run, stages run here, one after another.
+        """
+        todo = []
+        for stage in stages:
+            self.index += 1
+            label = f"[{self.index}/{self.total}] {stage.name}"
+            if not self._up_to_date(label, stage.name, stage.key, stage.valid):
+                todo.append((label, stage))
+        if workers <= 1 or len(todo) <= 1:
+            for label, stage in todo:
+                self.log(f"{label} ...")
+                message, elapsed = stage.job(stage.argument)
+                if message:
+                    self.log(message)
+                self._record(label, stage.name, stage.key, elapsed)
+            return
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        from tqdm.auto import tqdm
+
+        workers = min(workers, len(todo))
+        self.log(
+            f"running {len(todo)} stages in {workers} worker processes: " + ", ".join(s.name for _, s in todo)
+        )
+        failures = []
+        # spawn, not fork: a forked child would inherit this process's torch thread pools.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            running = {pool.submit(stage.job, stage.argument): (label, stage) for label, stage in todo}
+            bar = tqdm(total=len(todo), desc="parallel stages", unit="stage", disable=not progress)
+            while running:
+                done, _ = wait(running, timeout=10.0, return_when=FIRST_COMPLETED)
+                for future in done:
+                    label, stage = running.pop(future)
+                    try:
+                        message, elapsed = future.result()
+                    except Exception as err:  # noqa: BLE001  (reported below, after the others finish)
+                        failures.append(f"{stage.name}: {type(err).__name__}: {err}")
+                        self.log(f"{label}: failed: {type(err).__name__}: {err}")
+                        continue
+                    if message:
+                        self.log(message)
+                    self._record(label, stage.name, stage.key, elapsed)
+                    bar.update(1)
+                bar.refresh()
+            bar.close()
+        if failures:
+            raise RuntimeError("stages failed: " + "; ".join(failures))
 
 
 def _budget_left(run_dir: Path, plan: BranchPlan) -> float:
@@ -101,6 +178,7 @@ def reproduce(
     progress: bool = True,
     config: ReproduceConfig | None = None,
     log: Callable[[str], None] = print,
+    jobs: int | None = None,
 ) -> dict:
     """Run (or continue) the whole reproduction in ``out``; returns the timings per stage.
 
@@ -109,6 +187,12 @@ def reproduce(
     training step 2-30 times slower than one (oversubscription); on a dedicated
     machine more threads help.  OpenMM and the studies always use one thread.
     ``config`` overrides the settings of :func:`make_config` (tests use tiny ones).
+
+    ``jobs`` branches train side by side, each in its own process with
+    ``threads`` threads (CPU only; on CUDA they take turns).  The default,
+    ``cpu_count // threads``, trains two single-thread branches at once on a
+    2-core machine: each trains at about the speed it has alone, so the quick
+    run trains three branches in the wall time of two.
     """
     import torch
 
@@ -122,6 +206,7 @@ def reproduce(
     config = config or make_config(quick, seed)
     torch.set_num_threads(max(int(threads or 1), 1))
     pipe = Pipeline(out, force, log)
+    jobs = max(int(jobs if jobs is not None else default_jobs(threads)), 1)
     data_path = out / "data" / "nacl.npz"
     branches = [b for b in config.branches if b.name != "muse" or (config.muse and _muse_available())]
     names = [*ORDER, *sorted(set(STUDIES) - set(ORDER))]
@@ -141,59 +226,40 @@ def reproduce(
 
     pipe.run("data", _key("data", config.data, config.seed), make_data, data_path.exists)
     data_sha = file_sha256(data_path)
-    frames = None
 
-    def load_frames():
-        nonlocal frames
-        if frames is None:
-            from ..data import FrameSet
-
-            frames = FrameSet.load(data_path)
-        return frames
-
-    preds = []
+    training, runs_of_seed = [], {}
     for model_seed in config.model_seeds:
-        runs = []
+        runs_of_seed[model_seed] = []
         for plan in branches:
             run_dir = out / "runs" / f"seed{model_seed}" / plan.name
-            runs.append(run_dir)
-
+            runs_of_seed[model_seed].append(run_dir)
             key = _key(plan, config.split_fractions, model_seed, data_sha, device)
-
-            def train_branch(plan=plan, run_dir=run_dir, model_seed=model_seed, key=key):
-                from ..search import build_any_branch
-                from ..train import train
-
-                _claim(run_dir, key, log)
-                left = _budget_left(run_dir, plan)
-                if left <= 0.01 and (run_dir / "best.pt").exists():
-                    return
-                torch.manual_seed(model_seed)
-                model = build_any_branch(plan.name, **plan.options)
-                result = train(
-                    model, load_frames(), run_dir, epochs=plan.epochs, max_minutes=max(left, 0.05),
-                    batch_size=plan.batch_size, lr=plan.lr, patience=plan.patience,
-                    split_fractions=config.split_fractions, seed=model_seed, device=device, branch=plan.name,
-                    data_path=data_path, progress=progress,
-                )  # fmt: skip
-                log(
-                    f"    {plan.name}: {result.stop_reason} after {result.epochs_completed} epoch(s), best val "
-                    f"force MAE {result.best_val_force_mae:.1f} meV/Å (epoch {result.best_epoch})"
+            job = TrainJob(
+                plan, run_dir, key, model_seed, data_path, config.split_fractions, device,
+                threads=max(int(threads or 1), 1), progress=progress and jobs <= 1,
+            )  # fmt: skip
+            training.append(
+                ParallelStage(
+                    f"train_{plan.name}_s{model_seed}",
+                    key,
+                    train_branch,
+                    job,
+                    lambda run_dir=run_dir: (run_dir / "best.pt").exists(),
                 )
-
-            pipe.run(
-                f"train_{plan.name}_s{model_seed}",
-                key,
-                train_branch,
-                lambda run_dir=run_dir: (run_dir / "best.pt").exists(),
             )
+    pipe.run_parallel(training, jobs if device == "cpu" else 1, progress=progress)
+
+    preds = []
+    for model_seed, runs in runs_of_seed.items():
         pred = out / "pred" / f"seed{model_seed}.npz"
         preds.append(pred)
 
         def predict(runs=runs, pred=pred):
+            from ..data import FrameSet
             from ..train import predict_cache
 
-            predict_cache(runs, load_frames(), pred, device=device, data_path=data_path, progress=progress)
+            frames = FrameSet.load(data_path)
+            predict_cache(runs, frames, pred, device=device, data_path=data_path, progress=progress)
 
         pipe.run(
             f"predict_s{model_seed}",
@@ -250,17 +316,20 @@ def reproduce(
     return pipe.timings
 
 
-def _claim(run_dir: Path, key: str, log) -> None:
+def _claim(run_dir: Path, key: str) -> list[str]:
     """Keep a training run folder made with these settings (it resumes); empty one made
-    with other settings (another dataset, width or seed), which could not resume."""
+    with other settings (another dataset, width or seed), which could not resume.
+    Returns what was done, as lines for the log."""
     import shutil
 
+    notes = []
     stamp = run_dir / ".reproduce_key"
     if run_dir.exists() and (not stamp.exists() or stamp.read_text() != key):
-        log(f"    {run_dir} holds a run with other settings; starting it over")
+        notes.append(f"    {run_dir} holds a run with other settings; starting it over")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key)
+    return notes
 
 
 def _valid_cache(path: Path) -> bool:
@@ -290,3 +359,68 @@ def _muse_available() -> bool:
     except (ImportError, ValueError, TypeError, AttributeError):
         return False
     return True
+
+
+def default_jobs(threads: int = 1) -> int:
+    """Training processes that fit this machine's CPUs at ``threads`` torch threads each."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(cpus // max(int(threads or 1), 1), 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """Everything one branch's training needs, picklable for a worker process."""
+
+    plan: BranchPlan
+    run_dir: Path
+    key: str
+    model_seed: int
+    data_path: Path
+    split_fractions: tuple[float, float, float]
+    device: str
+    threads: int = 1
+    progress: bool = True
+
+
+def train_branch(job: TrainJob) -> tuple[str, float]:
+    """Train (or continue) one branch of a reproduction; returns a summary line and the seconds spent.
+
+    Runs in the calling process or in a worker process of
+    :meth:`Pipeline.run_parallel`; the run folder is claimed first, so a folder
+    holding a run with other settings starts over and one with these settings resumes.
+    """
+    import torch
+
+    from ..data import FrameSet
+    from ..models import keep_freed_memory
+    from ..search import build_any_branch
+    from ..train import train
+
+    start = time.perf_counter()
+    keep_freed_memory()
+    torch.set_num_threads(job.threads)
+    plan, run_dir = job.plan, job.run_dir
+    notes = _claim(run_dir, job.key)
+    left = _budget_left(run_dir, plan)
+    if left <= 0.01 and (run_dir / "best.pt").exists():
+        return "\n".join(
+            [*notes, f"    {plan.name}: training budget already spent"]
+        ), time.perf_counter() - start
+    torch.manual_seed(job.model_seed)
+    model = build_any_branch(plan.name, **plan.options)
+    result = train(
+        model, FrameSet.load(job.data_path), run_dir, epochs=plan.epochs, max_minutes=max(left, 0.05),
+        batch_size=plan.batch_size, lr=plan.lr, patience=plan.patience, split_fractions=job.split_fractions,
+        seed=job.model_seed, device=job.device, branch=plan.name, data_path=job.data_path,
+        progress=job.progress,
+    )  # fmt: skip
+    summary = (
+        f"    {plan.name} (seed {job.model_seed}): {result.stop_reason} after {result.epochs_completed} "
+        f"epoch(s), best val force MAE {result.best_val_force_mae:.1f} meV/Å (epoch {result.best_epoch})"
+    )
+    return "\n".join([*notes, summary]), time.perf_counter() - start

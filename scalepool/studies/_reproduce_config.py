@@ -70,9 +70,12 @@ def make_config(quick: bool = False, seed: int = 0) -> ReproduceConfig:
             branches=(
                 BranchPlan("short", dict(_QUICK_WIDTH), epochs=60, max_minutes=3.0, patience=None),
                 BranchPlan("long", dict(_QUICK_WIDTH), epochs=60, max_minutes=3.0, patience=None),
+                BranchPlan(
+                    "muse", {**_QUICK_WIDTH, "coarse_n_rbf": 8}, epochs=60, max_minutes=3.0, patience=None
+                ),
             ),
             model_seeds=(seed,),
-            muse=False,
+            muse=True,
         )
     return ReproduceConfig(
         quick=False,
