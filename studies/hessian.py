@@ -1,29 +1,11 @@
 """Hessian study: trained models against the OpenMM force field that labelled their data.
 
-For one frame of a testbed dataset, the atoms of the closest Na-Cl pair and
-the whole waters nearest its midpoint (``--n-atoms``) are selected; the rest
-of the periodic box stays frozen (partial Hessian, see
-:mod:`scalepool.models._hessian`).
-
-- Reference: central finite differences of the OpenMM forces of the very
-  system that generated the dataset (same force field, PME settings, rigid
-  or flexible water, read from the dataset's ``meta``), double-precision
-  ``Reference`` platform by default.
-- Models: exact second derivatives by double backprop, float64.
-  OpenMM truncates the real-space Coulomb and Lennard-Jones terms at the
-  cutoff without a switch, so a force jumps (by ~1e-4 eV/Å) when a pair
-  crosses it; a displacement that crosses one puts ``jump / 2h`` into a few
-  elements.  The raw finite-difference Hessian's asymmetry measures this
-  (``reference.asymmetry_max_abs``, ``asymmetric_elements``; at h = 1e-3 Å
-  about 16 of 7,569 elements, under 0.06 eV/Å^2); the Hessian is symmetrised.
-- Rigid-water datasets are compared in the tangent space of the water
-  constraints (6 rigid-body directions per water, 3 per ion), the only
-  directions their labels determine; flexible-water datasets in full.
-
-Writes to ``--out``: ``hessian.npz`` (Hessians, eigenvalues, wavenumbers,
-selection), ``hessian.json`` (errors per block, spectrum distances, timings),
-``hessian.png``/``hessian.pdf`` (spectra, drawn from the npz only) and
-``provenance.json``.
+Exact model Hessians (double backprop) against central finite differences of
+OpenMM's forces over ~30 atoms around the closest ion pair, compared as
+eigenvalue and frequency spectra and per block (see
+:mod:`scalepool.studies._hessian_study`).  Writes ``hessian.npz``,
+``hessian.json``, ``provenance.json`` and the figure ``hessian.png``/``.pdf``
+into ``--out``.  ``scalepool reproduce`` runs it on its own runs.
 
     python studies/hessian.py --data data/nacl.npz --run runs/short --run runs/muse --out results/hessian
 """
@@ -31,192 +13,14 @@ selection), ``hessian.json`` (errors per block, spectrum distances, timings),
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from scalepool.data import FrameSet
-from scalepool.models import AtomsBatch
-from scalepool.models._base import load_model
-from scalepool.models._hessian import (
-    MASSES,
-    block_errors,
-    constraint_tangent_basis,
-    finite_difference_hessian,
-    model_hessian,
-    select_around_ion_pair,
-    spectrum,
-    symmetrize,
-    water_molecules,
-)
-from scalepool.models._muse import MuSE  # noqa: F401  (registers MuSE for load_model)
-from scalepool.studies._results import ResultsDir
-
-STUDY = "hessian"
-
-
-def openmm_forces(frames: FrameSet, frame: int, platform: str = "Reference", threads: int | None = 1):
-    """A callable ``(N, 3) Å -> (N, 3) eV/Å``: OpenMM total force of the dataset's system at ``frame``'s cell."""
-    import openmm
-    import openmm.unit as unit
-
-    from scalepool.data import _nacl
-    from scalepool.data import _openmm as omm
-    from scalepool.units import KJ_PER_MOL_NM_TO_EV_PER_ANGSTROM
-
-    params, nonbonded = frames.meta.get("parameters", {}), frames.meta.get("nonbonded", {})
-    system = omm.create_system(
-        omm.topology_from_numbers(frames.numbers, frames.cell[frame]),
-        rigid_water=bool(params.get("rigid_water", True)),
-        cutoff_nm=float(nonbonded.get("cutoff_nm", _nacl.CUTOFF_NM)),
-        ewald_error_tolerance=float(nonbonded.get("ewald_error_tolerance", _nacl.EWALD_ERROR_TOLERANCE)),
-    )
-    context = omm.make_context(
-        system,
-        openmm.VerletIntegrator(1e-3),
-        platform=platform,
-        threads=threads if platform == "CPU" else None,
-    )
-    cell = frames.cell[frame]
-
-    def forces(positions: np.ndarray) -> np.ndarray:
-        omm.set_frame(context, positions, cell)
-        kj_nm = context.getState(getForces=True).getForces(asNumpy=True)
-        return np.asarray(kj_nm.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)) * (
-            KJ_PER_MOL_NM_TO_EV_PER_ANGSTROM
-        )
-
-    return forces
-
-
-def _load_run(path: Path) -> tuple[str, torch.nn.Module]:
-    """``(label, model)`` from a run directory (``best.pt``, label = its branch) or a model file."""
-    if path.is_dir():
-        config = path / "config.json"
-        label = json.loads(config.read_text()).get("branch", path.name) if config.exists() else path.name
-        return str(label), load_model(path / "best.pt")
-    return path.stem, load_model(path)
-
-
-def compute(
-    data: Path,
-    runs: list[Path],
-    frame: int = -1,
-    n_atoms: int = 30,
-    step: float = 1e-3,
-    platform: str = "Reference",
-    device: str = "cpu",
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """Hessians of the runs and of the reference; returns ``(summary, arrays)``."""
-    frames = FrameSet.load(data)
-    if frames.cell is None:
-        raise ValueError(f"{data} has no cell: the OpenMM reference needs the periodic testbed system")
-    frame = frame % frames.n_frames
-    positions, numbers = frames.positions[frame].astype(np.float64), frames.numbers
-    atoms = select_around_ion_pair(positions, numbers, frames.cell[frame], n_atoms)
-    rigid = bool(frames.meta.get("parameters", {}).get("rigid_water", True))
-    sel_numbers = numbers[atoms]
-    masses = np.array([MASSES[int(z)] for z in sel_numbers])
-    local = {int(a): k for k, a in enumerate(atoms)}
-    waters = np.array([[local[int(i)] for i in w] for w in water_molecules(numbers) if int(w[0]) in local])
-    waters = waters.reshape(-1, 3)
-    molecule = np.arange(len(atoms))
-    for w, mol in enumerate(waters):
-        molecule[mol] = len(atoms) + w
-    sel_pos = positions[atoms]
-    basis = constraint_tangent_basis(sel_pos, waters) if rigid else None
-    mw_basis = constraint_tangent_basis(sel_pos, waters, masses) if rigid else None
-    project = (lambda h: basis @ (basis.T @ h @ basis) @ basis.T) if rigid else (lambda h: h)
-
-    t0 = time.perf_counter()
-    raw = finite_difference_hessian(openmm_forces(frames, frame, platform), positions, atoms, step, False)
-    timings = {"reference_s": time.perf_counter() - t0}
-    asymmetry = {"reference": float(np.abs(raw - raw.T).max())}
-    jumps = int((np.abs(raw - raw.T) > 1e-3).sum())  # elements hit by a cutoff crossing (module docstring)
-    reference = symmetrize(raw)
-    hessians = {"reference": reference}
-    batch = AtomsBatch.from_frameset(frames, [frame], device=device, dtype=torch.float64)
-    for path in runs:
-        label, model = _load_run(path)
-        model = model.to(device=device, dtype=torch.float64).eval()
-        t0 = time.perf_counter()
-        raw = model_hessian(model, batch, atoms, symmetric=False)
-        timings[f"{label}_s"] = time.perf_counter() - t0
-        asymmetry[label] = float(np.abs(raw - raw.T).max())
-        hessians[label] = symmetrize(raw)
-
-    arrays = {"atoms": atoms, "numbers": sel_numbers, "positions": sel_pos, "masses": masses}
-    summary = {
-        "frame": frame,
-        "n_selected": len(atoms),
-        "selection": {"n_water": len(waters), "n_ion": int(len(atoms) - 3 * len(waters))},
-        "rigid_water": rigid,
-        "compared_in": "water-constraint tangent space" if rigid else "full Cartesian space",
-        "n_modes": int(basis.shape[1] if rigid else 3 * len(atoms)),
-        "fd_step_angstrom": step,
-        "openmm_platform": platform,
-        "timings": timings,
-        "models": {},
-        "units": {"hessian": "eV/Å^2", "wavenumber": "cm^-1 (negative = imaginary)"},
-    }
-    ref_spec = spectrum(reference, basis)
-    ref_freq = spectrum(reference, mw_basis, masses)["wavenumbers"]
-    for label, hessian in hessians.items():
-        spec = spectrum(hessian, basis)
-        freq = spectrum(hessian, mw_basis, masses)["wavenumbers"]
-        arrays[f"hessian_{label}"] = hessian
-        arrays[f"eigenvalues_{label}"] = spec["eigenvalues"]
-        arrays[f"wavenumbers_{label}"] = freq
-        if label == "reference":
-            continue
-        summary["models"][label] = {
-            "blocks": block_errors(project(hessian), project(reference), sel_numbers, molecule),
-            "eigenvalue_mae": float(np.mean(np.abs(spec["eigenvalues"] - ref_spec["eigenvalues"]))),
-            "wavenumber_mae": float(np.mean(np.abs(freq - ref_freq))),
-            "n_negative": int((spec["eigenvalues"] < 0).sum()),
-            "asymmetry_max_abs": asymmetry[label],
-        }
-    summary["reference"] = {
-        "asymmetry_max_abs": asymmetry["reference"],  # finite-difference noise, eV/Å^2
-        "asymmetric_elements": jumps,  # |H - H^T| > 1e-3 eV/Å^2
-        "n_negative": int((ref_spec["eigenvalues"] < 0).sum()),
-        "eigenvalue_range": [float(ref_spec["eigenvalues"].min()), float(ref_spec["eigenvalues"].max())],
-        "wavenumber_range": [float(ref_freq.min()), float(ref_freq.max())],
-    }
-    return summary, arrays
-
-
-def plot(results: Path) -> list[Path]:
-    """Eigenvalue and wavenumber spectra of every Hessian in ``results/hessian.npz`` (PNG and PDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with np.load(results / "hessian.npz") as data:
-        labels = [k.removeprefix("eigenvalues_") for k in data.files if k.startswith("eigenvalues_")]
-        eig = {label: data[f"eigenvalues_{label}"] for label in labels}
-        freq = {label: data[f"wavenumbers_{label}"] for label in labels}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6), constrained_layout=True)
-    for label in labels:
-        style = {"color": "black", "lw": 2.0, "zorder": 3} if label == "reference" else {"lw": 1.2}
-        left.plot(np.arange(len(eig[label])), eig[label], label=label, **style)
-        right.plot(np.sort(freq[label]), np.linspace(0, 1, len(freq[label])), label=label, **style)
-    left.set(xlabel="mode (sorted)", ylabel="Hessian eigenvalue (eV/Å$^2$)", title="eigenvalue spectrum")
-    left.axhline(0.0, color="grey", lw=0.5)
-    right.set(
-        xlabel="wavenumber (cm$^{-1}$, < 0: imaginary)", ylabel="fraction of modes", title="frequencies"
-    )
-    right.legend(frameon=False, fontsize=8)
-    paths = [results / "hessian.png", results / "hessian.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+from scalepool.plots import save, use_style
+from scalepool.plots._hessian_figures import spectra_figure
+from scalepool.studies._hessian_study import run, summary_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,23 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    parameters = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
-    parameters["run"] = [str(p) for p in args.run]
-    results = ResultsDir(args.out, STUDY, parameters, inputs=[args.data])
-    summary, arrays = compute(
-        args.data, args.run, args.frame, args.n_atoms, args.step, args.platform, args.device
+    out, summary = run(
+        args.data, args.run, args.out, args.frame, args.n_atoms, args.step, args.platform, args.device
     )
-    np.savez_compressed(results.file("hessian.npz"), **arrays)
-    results.json("hessian.json", summary)
-    for path in plot(args.out):
-        results.file(path.name)
-    results.finish(status="complete")
-    for label, info in summary["models"].items():
-        blocks = ", ".join(f"{k} {v['rmse']:.3g}" for k, v in info["blocks"].items())
-        print(
-            f"{label}: eigenvalue MAE {info['eigenvalue_mae']:.3g} eV/Å^2, "
-            f"wavenumber MAE {info['wavenumber_mae']:.0f} cm^-1; block RMSE (eV/Å^2): {blocks}"
-        )
+    with use_style():  # the figure reads only the saved npz
+        save(spectra_figure(out / "hessian.npz"), out, "hessian")
+    for line in summary_lines(summary):
+        print(line)
     return 0
 
 

@@ -41,6 +41,14 @@ def results(tmp_path_factory):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.3) ** 2 + t.suggest_int("k", 0, 3), n_trials=12)
     export_study(study, root / "search", prefix="toy_seed0_")
+    # the Hessian benchmark's file layout (its numbers are tested in test_muse_hessian.py)
+    (root / "hessian").mkdir()
+    rng = np.random.default_rng(0)
+    spectra = {}
+    for label in ("reference", "short", "muse"):
+        spectra[f"eigenvalues_{label}"] = np.sort(rng.normal(5.0, 3.0, 24))
+        spectra[f"wavenumbers_{label}"] = np.sort(rng.normal(300.0, 200.0, 24))
+    np.savez(root / "hessian" / "hessian.npz", **spectra)
     torch.set_num_threads(threads)
     return root
 

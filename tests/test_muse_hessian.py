@@ -151,7 +151,7 @@ def test_study_end_to_end(tmp_path):
     torch.manual_seed(0)
     model = MuSE(PaiNN(cutoff=3.0, n_features=4, n_interactions=1, n_rbf=4), n_coarse_interactions=1, n_rbf=4)
     save_model(model, tmp_path / "tiny.pt")
-    out = tmp_path / "results"
+    out = tmp_path / "results" / "hessian"
     assert (
         study.main(
             ["--data", str(data), "--run", str(tmp_path / "tiny.pt"), "--out", str(out), "--n-atoms", "5"]
@@ -167,3 +167,10 @@ def test_study_end_to_end(tmp_path):
         assert arrays["hessian_reference"].shape == (15, 15)
         assert len(arrays["eigenvalues_reference"]) == 12
     assert (out / "hessian.png").stat().st_size > 0 and (out / "provenance.json").exists()
+    # the reproduction's report section and figure read the same saved files
+    from scalepool.plots import make_figures
+    from scalepool.studies._report import _section_hessian
+
+    section = "\n".join(_section_hessian(out.parent))
+    assert "## Hessian benchmark (5 atoms" in section and "| tiny |" in section
+    assert set(make_figures(out.parent, tmp_path / "figures", ["hessian"])) == {"hessian"}

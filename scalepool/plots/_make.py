@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from . import _branch_figures as branch
+from . import _hessian_figures as hessian
 from . import _scale_figures as scale
 from . import _search_figures as search
 from ._style import save, use_style
@@ -24,6 +25,7 @@ FIGURES = {
     "generator_swap": scale.generator_swap,
     "optuna_history": search.optuna_history,
     "optuna_importance": search.optuna_importance,
+    "hessian": hessian.hessian_spectra,
 }
 #: The figures the README shows.
 KEY_FIGURES = (
@@ -32,6 +34,10 @@ KEY_FIGURES = (
     "oracle_s_vs_distance",
     "pool_refinement",
     "router_vs_oracle",
+    "parity",
+    "error_vs_distance",
+    "generator_swap",
+    "hessian",
 )
 
 

@@ -135,6 +135,35 @@ def _section_swap(results: Path) -> list[str]:
     return ["## Generator swap (MuSE against the cutoff branches, test MAE meV/Å)", "", _markdown(rows), ""]
 
 
+def _section_hessian(results: Path) -> list[str]:
+    path = results / "hessian" / "hessian.json"
+    if not path.exists():
+        return []
+    summary = json.loads(path.read_text())
+    rows = [
+        {
+            "model": label,
+            "eigenvalue MAE (eV/Å²)": f"{info['eigenvalue_mae']:.3g}",
+            "wavenumber MAE (cm⁻¹)": f"{info['wavenumber_mae']:.0f}",
+            **{f"{block} RMSE (eV/Å²)": f"{err['rmse']:.3g}" for block, err in info["blocks"].items()},
+            "negative modes": info["n_negative"],
+        }
+        for label, info in summary["models"].items()
+    ]
+    reference = summary["reference"]
+    return [
+        f"## Hessian benchmark ({summary['n_selected']} atoms around the closest ion pair, frame "
+        f"{summary['frame']}, {summary['n_modes']} modes in the {summary['compared_in']})",
+        "",
+        _markdown(pd.DataFrame(rows)),
+        "",
+        f"OpenMM reference: finite differences ({summary['fd_step_angstrom']} Å, "
+        f"{summary['openmm_platform']} platform), {reference['n_negative']} negative modes, wavenumbers "
+        f"{reference['wavenumber_range'][0]:.0f} to {reference['wavenumber_range'][1]:.0f} cm⁻¹.",
+        "",
+    ]
+
+
 def write_report(
     path, out: Path, config, results: Path, figures: dict, timings: dict, total_s: float, device: str
 ) -> Path:
@@ -164,6 +193,7 @@ def write_report(
         *_section_branches(results),
         *_section_pool(results),
         *_section_swap(results),
+        *_section_hessian(results),
         *_section_search(results),
         "## Figures",
         "",

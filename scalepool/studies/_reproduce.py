@@ -148,7 +148,8 @@ class Pipeline:
                         self.log(message)
                     self._record(label, stage.name, stage.key, elapsed)
                     bar.update(1)
-                bar.refresh()
+                active = [stage.name for future, (_, stage) in running.items() if future.running()]
+                bar.set_postfix_str("running: " + ", ".join(active) if active else "", refresh=True)
             bar.close()
         if failures:
             raise RuntimeError("stages failed: " + "; ".join(failures))
@@ -210,7 +211,9 @@ def reproduce(
     data_path = out / "data" / "nacl.npz"
     branches = [b for b in config.branches if b.name != "muse" or (config.muse and _muse_available())]
     names = [*ORDER, *sorted(set(STUDIES) - set(ORDER))]
-    pipe.total = 1 + len(config.model_seeds) * (len(branches) + 1) + len(names) + 2
+    pipe.total = (
+        1 + len(config.model_seeds) * (len(branches) + 1) + len(names) + 2 + (config.hessian is not None)
+    )
     log(f"scalepool reproduce ({'quick' if config.quick else 'full'}) in {out}: {pipe.total} stages")
 
     def make_data():
@@ -269,6 +272,10 @@ def reproduce(
         )
 
     results = out / "results"
+    if config.hessian is not None:
+        _hessian_stage(
+            pipe, data_path, runs_of_seed[config.model_seeds[0]], results / "hessian", config, device
+        )
     # The studies' routers are small MLPs: one thread is several times faster than
     # two threads competing on a busy 2-core machine.
     torch.set_num_threads(1 if device == "cpu" else max(int(threads or 1), 1))
@@ -314,6 +321,26 @@ def reproduce(
     pipe.run("report", _key(time.time()), report)
     log(f"scalepool reproduce finished in {time.perf_counter() - start:.0f} s")
     return pipe.timings
+
+
+def _hessian_stage(pipe: Pipeline, data_path: Path, runs: list[Path], out: Path, config, device) -> None:
+    """The Hessian benchmark (OpenMM finite differences against double backprop) on ``runs``."""
+    from . import _hessian_study as hessian
+
+    runs = [r for r in runs if (r / "best.pt").exists()]
+    options = {**config.hessian, "device": device}
+
+    def action():
+        _, summary = hessian.run(data_path, runs, out, **options)
+        for line in hessian.summary_lines(summary):
+            pipe.log(f"    {line}")
+
+    pipe.run(
+        "study_hessian",
+        _key([file_sha256(r / "best.pt") for r in runs], file_sha256(data_path), options),
+        action,
+        lambda: hessian.complete(out, data_path, runs, **options),
+    )
 
 
 def _claim(run_dir: Path, key: str) -> list[str]:

@@ -51,6 +51,8 @@ class ReproduceConfig:
     study_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     #: figures to draw (``None``: every figure whose results exist)
     figures: tuple[str, ...] | None = None
+    #: options of the Hessian benchmark on the first seed's runs (``None``: not run)
+    hessian: dict[str, Any] | None = dataclasses.field(default_factory=lambda: {"n_atoms": 30})
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
