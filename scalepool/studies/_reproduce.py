@@ -133,6 +133,11 @@ class Pipeline:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             running = {pool.submit(stage.job, stage.argument): (label, stage) for label, stage in todo}
+
+            def log(line: str) -> None:  # above the bar, not through it
+                with tqdm.external_write_mode():
+                    self.log(line)
+
             bar = tqdm(total=len(todo), desc="parallel stages", unit="stage", disable=not progress)
             while running:
                 done, _ = wait(running, timeout=10.0, return_when=FIRST_COMPLETED)
@@ -142,11 +147,12 @@ class Pipeline:
                         message, elapsed = future.result()
                     except Exception as err:  # noqa: BLE001  (reported below, after the others finish)
                         failures.append(f"{stage.name}: {type(err).__name__}: {err}")
-                        self.log(f"{label}: failed: {type(err).__name__}: {err}")
+                        log(f"{label}: failed: {type(err).__name__}: {err}")
                         continue
                     if message:
-                        self.log(message)
-                    self._record(label, stage.name, stage.key, elapsed)
+                        log(message)
+                    with tqdm.external_write_mode():
+                        self._record(label, stage.name, stage.key, elapsed)
                     bar.update(1)
                 active = [stage.name for future, (_, stage) in running.items() if future.running()]
                 bar.set_postfix_str("running: " + ", ".join(active) if active else "", refresh=True)
