@@ -27,11 +27,11 @@ def register(commands) -> None:
     reproduce = commands.add_parser(
         "reproduce",
         help="one command from the OpenMM testbed to the final table, figures and report",
-        description="Generate the NaCl testbed (OpenMM), train the short and long branches (and MuSE in full "
-        "mode), write the prediction cache, run every study, draw every figure, print the final table and "
-        "write report.md beside the figures. Each stage is skipped when its output exists and is valid, so "
-        "an interrupted run continues where it stopped. --quick takes about 9 minutes on 2 CPU cores; the full "
-        "run about 6-7 hours (three model seeds, MuSE, full widths).",
+        description="Generate the NaCl testbed (OpenMM), train the short, long and MuSE branches (two at a "
+        "time on 2 cores), write the prediction cache, run every study and the Hessian benchmark, draw every "
+        "figure, print the final table and write report.md beside the figures. Each stage is skipped when its "
+        "output exists and is valid, so an interrupted run continues where it stopped. --quick takes about 11 "
+        "minutes on 2 CPU cores; the full run is estimated at 4.5 hours (three model seeds, full widths).",
     )
     reproduce.add_argument(
         "--out", required=True, type=Path, help="run folder (data/, runs/, results/, figures/)"
@@ -53,8 +53,7 @@ def register(commands) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="branches trained side by side, one process each (default: CPU cores // --threads; "
-        "1 on CUDA)",
+        help="branches trained side by side, one process each (default: CPU cores // --threads; 1 on CUDA)",
     )
     reproduce.add_argument(
         "--figures-dir",

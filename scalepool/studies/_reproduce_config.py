@@ -1,19 +1,18 @@
 """Settings of ``scalepool reproduce``: the quick demo and the full run.
 
 Quick (``make demo``): a 2.5 nm box of 1,467 atoms, 72 frames 0.5 ps apart
-after 5 ps of equilibration, one short and one long branch of reduced width
+after 5 ps of equilibration; short, long and MuSE branches of reduced width
 (16 features, 2 interactions) trained for at most 3 min each on one thread,
-one prediction cache, every study with its quick settings, every figure.
-Measured on a shared 2-core machine (with 2.5 min per branch): data 119 s,
-training 2 x 150 s, prediction 21 s, studies 18 s, figures 7 s, 467 s in all;
-with 3 min per branch about 9 min, plus 1-2 min to create the virtual
-environment.
+two at a time; one prediction cache, every study with its quick settings, the
+Hessian benchmark, every figure.  Measured on a 2-core machine: data 104-109 s,
+training 6 min (three branches, two processes), prediction 38 s, Hessians
+114 s, studies 25 s, figures 7 s: about 11 min, plus the installation.
 
 Full: 400 frames 1 ps apart after 20 ps, the branches' default widths trained
-up to 100 epochs (at most 30 min each) for three model seeds, the MuSE branch
-as well when it can be built, every study with its full settings.  Estimated
-on 2 CPU cores: data ~25 min, training up to 4.5 h (9 runs), prediction
-~50 min, studies and figures ~40 min: about 6-7 h.  ``--device cuda``
+up to 100 epochs (at most 30 min each) for three model seeds, MuSE included,
+every study with its full settings.  Estimated on 2 CPU cores (not run in
+full): data ~25 min, training ~2.5 h (nine runs, two at a time), prediction
+~50 min, studies, Hessians and figures ~40 min: about 4.5 h.  ``--device cuda``
 shortens training and prediction.
 """
 

@@ -110,15 +110,21 @@ def canonical_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True))
 
 
+#: Tracked paths whose changes can change a result; figures, README and data written by a
+#: run (``reproduce --figures-dir figures``) do not make the code ``+dirty``.
+CODE_PATHS = ("scalepool", "studies", "benchmarks", "pyproject.toml", "Makefile")
+
+
 def git_commit() -> str | None:
-    """Commit of the scalepool source tree (``+dirty`` if modified), or ``None``."""
+    """Commit of the scalepool source tree (``+dirty`` if its code, :data:`CODE_PATHS`,
+    is modified), or ``None`` outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             cwd=root,
             capture_output=True,
             text=True,
