@@ -149,10 +149,11 @@ def test_quick_settings_fit_the_demo_budget():
     assert (
         quick.data["n_frames"] <= 80 and quick.data["box_nm"] <= 2.5 and quick.data["equilibration_ps"] <= 5
     )
-    assert all(b.max_minutes <= 3 for b in quick.branches) and len(quick.model_seeds) == 1
+    assert len(quick.model_seeds) == 1
     assert quick.muse and [b.name for b in quick.branches] == ["short", "long", "muse"]
-    # two branches train side by side on 2 cores: the training wall time is that of two budgets
-    assert sum(b.max_minutes for b in quick.branches) / 2 <= 6.0
+    # two processes on 2 cores: long (6 min) beside short then MuSE (3 + 3 min): 6 minutes of wall time
+    budget = {b.name: b.max_minutes for b in quick.branches}
+    assert max(budget["long"], budget["short"] + budget["muse"]) <= 6.0
     assert full.data["n_frames"] > quick.data["n_frames"] and len(full.model_seeds) == 3 and full.muse
 
 

@@ -18,6 +18,12 @@ def parity(results: Path):
         return None
     data = pd.read_csv(path)
     branches = list(dict.fromkeys(data.branch))
+    # the title gives the whole test split's MAE (the scatter shows a subsample)
+    summary = results / "branch_comparison" / "summary.csv"
+    test_mae = {}
+    if summary.exists():
+        table = pd.read_csv(summary)
+        test_mae = dict(table.loc[table.subset == "overall", ["model", "mae_meV_A"]].to_numpy())
     fig, axes = plt.subplots(1, len(branches), figsize=(3.1 * len(branches), 3.1), squeeze=False)
     limit = float(np.quantile(np.abs(data[["ref_eV_A", "pred_eV_A"]].to_numpy()), 0.995)) * 1.05
     for i, (ax, branch) in enumerate(zip(axes[0], branches, strict=True)):
@@ -42,8 +48,7 @@ def parity(results: Path):
             label=CLOSE_CONTACT_LABEL,
         )
         ax.plot([-limit, limit], [-limit, limit], color="0.3", lw=0.7, ls=":")
-        mae = 1e3 * np.abs(rows.pred_eV_A - rows.ref_eV_A).mean()
-        ax.set_title(f"{branch}: MAE {mae:.0f} meV/Å")
+        ax.set_title(f"{branch}: test MAE {test_mae.get(branch, float('nan')):.1f} meV/Å")
         ax.set_xlim(-limit, limit)
         ax.set_ylim(-limit, limit)
         ax.set_aspect("equal")

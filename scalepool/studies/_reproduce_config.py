@@ -2,8 +2,9 @@
 
 Quick (``make demo``): a 2.5 nm box of 1,467 atoms, 72 frames 0.5 ps apart
 after 5 ps of equilibration; short, long and MuSE branches of reduced width
-(16 features, 2 interactions) trained for at most 3 min each on one thread,
-two at a time; one prediction cache, every study with its quick settings, the
+(16 features, 2 interactions) on one thread each, two at a time, with time
+budgets in proportion to their cost per step: long 6 min beside short 2 min
+then MuSE 4 min; one prediction cache, every study with its quick settings, the
 Hessian benchmark, every figure.  Measured on a 2-core machine: data 104-109 s,
 training 6 min (three branches, two processes), prediction 38 s, Hessians
 114 s, studies 25 s, figures 7 s: about 11 min, plus the installation.
@@ -69,10 +70,12 @@ def make_config(quick: bool = False, seed: int = 0) -> ReproduceConfig:
             data={"n_frames": 72, "stride_ps": 0.5, "equilibration_ps": 5.0, "box_nm": 2.5, "molarity": 1.0},
             split_fractions=(0.7, 0.15, 0.15),
             branches=(
-                BranchPlan("short", dict(_QUICK_WIDTH), epochs=60, max_minutes=3.0, patience=None),
-                BranchPlan("long", dict(_QUICK_WIDTH), epochs=60, max_minutes=3.0, patience=None),
+                BranchPlan("short", dict(_QUICK_WIDTH), epochs=60, max_minutes=2.0, patience=None),
+                # budgets in proportion to the cost of a step (long ~2.5x, MuSE ~2x short's), so
+                # the branches see about as many epochs; long trains beside short, then MuSE
+                BranchPlan("long", dict(_QUICK_WIDTH), epochs=60, max_minutes=6.0, patience=None),
                 BranchPlan(
-                    "muse", {**_QUICK_WIDTH, "coarse_n_rbf": 8}, epochs=60, max_minutes=3.0, patience=None
+                    "muse", {**_QUICK_WIDTH, "coarse_n_rbf": 8}, epochs=60, max_minutes=4.0, patience=None
                 ),
             ),
             model_seeds=(seed,),
