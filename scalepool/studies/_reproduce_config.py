@@ -5,9 +5,10 @@ after 5 ps of equilibration; short, long and MuSE branches of reduced width
 (16 features, 2 interactions) on one thread each, two at a time, with time
 budgets in proportion to their cost per step: long 6 min beside short 2 min
 then MuSE 4 min; one prediction cache, every study with its quick settings, the
-Hessian benchmark, every figure.  Measured on a 2-core machine: data 104-109 s,
-training 6 min (three branches, two processes), prediction 38 s, Hessians
-114 s, studies 25 s, figures 7 s: about 11 min, plus the installation.
+Hessian benchmark, every figure.  Measured from a fresh clone on a 2-core
+machine: data 96 s, training 6 min (three branches, two processes),
+prediction 34 s, Hessians 104 s, studies 19 s, figures 6 s: 620 s, plus 45 s
+of installation.
 
 Full: 400 frames 1 ps apart after 20 ps, the branches' default widths trained
 up to 100 epochs (at most 30 min each) for three model seeds, MuSE included,
