@@ -179,3 +179,38 @@ def test_parallel_stages_record_each_and_report_failures(tmp_path):
     with pytest.raises(ValueError, match="no such branch"):
         again.run_parallel(stages, workers=2, progress=False)
     assert set(again.timings) == {"a", "b"} and not any(t["ran"] for t in again.timings.values())
+
+
+def _slow_job(marker):
+    import time
+    from pathlib import Path
+
+    time.sleep(60)
+    Path(marker).write_text("finished")
+    return "", 60.0
+
+
+def test_interrupt_stops_running_and_queued_stages(tmp_path, monkeypatch):
+    """Ctrl-C while branches train side by side: nothing queued starts, the running workers stop
+    (their checkpoints let the next run resume), and no stage is recorded as done."""
+    import concurrent.futures
+    import time
+
+    calls = []
+
+    def interrupted_wait(futures, timeout=None, return_when=None):
+        calls.append(1)
+        time.sleep(2.0)  # let the workers start their jobs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concurrent.futures, "wait", interrupted_wait)
+    pipe = Pipeline(tmp_path, log=lambda line: None)
+    pipe.total = 3
+    markers = [tmp_path / f"{name}.done" for name in "abc"]
+    stages = [ParallelStage(m.stem, "k", _slow_job, str(m)) for m in markers]
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        pipe.run_parallel(stages, workers=2, progress=False)
+    assert time.perf_counter() - start < 50  # the 60 s jobs did not run to their end
+    assert calls == [1] and not any(m.exists() for m in markers)
+    assert not (tmp_path / STATE).exists()

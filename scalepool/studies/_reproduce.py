@@ -139,23 +139,33 @@ class Pipeline:
                     self.log(line)
 
             bar = tqdm(total=len(todo), desc="parallel stages", unit="stage", disable=not progress)
-            while running:
-                done, _ = wait(running, timeout=10.0, return_when=FIRST_COMPLETED)
-                for future in done:
-                    label, stage = running.pop(future)
-                    try:
-                        message, elapsed = future.result()
-                    except Exception as err:  # noqa: BLE001  (reported below, after the others finish)
-                        failures.append(f"{stage.name}: {type(err).__name__}: {err}")
-                        log(f"{label}: failed: {type(err).__name__}: {err}")
-                        continue
-                    if message:
-                        log(message)
-                    with tqdm.external_write_mode():
-                        self._record(label, stage.name, stage.key, elapsed)
-                    bar.update(1)
-                active = [stage.name for future, (_, stage) in running.items() if future.running()]
-                bar.set_postfix_str("running: " + ", ".join(active) if active else "", refresh=True)
+            try:
+                while running:
+                    done, _ = wait(running, timeout=10.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        label, stage = running.pop(future)
+                        try:
+                            message, elapsed = future.result()
+                        except Exception as err:  # noqa: BLE001  (reported below, after the others finish)
+                            failures.append(f"{stage.name}: {type(err).__name__}: {err}")
+                            log(f"{label}: failed: {type(err).__name__}: {err}")
+                            continue
+                        if message:
+                            log(message)
+                        with tqdm.external_write_mode():
+                            self._record(label, stage.name, stage.key, elapsed)
+                        bar.update(1)
+                    active = [stage.name for future, (_, stage) in running.items() if future.running()]
+                    bar.set_postfix_str("running: " + ", ".join(active) if active else "", refresh=True)
+            except KeyboardInterrupt:
+                # Nothing queued may start after Ctrl-C, and the running trainings stop now: their
+                # checkpoints are written atomically, so the next run resumes them.
+                for future in running:
+                    future.cancel()
+                for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public API
+                    process.terminate()
+                bar.close()
+                raise
             bar.close()
         if failures:
             raise RuntimeError("stages failed: " + "; ".join(failures))
