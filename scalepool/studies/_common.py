@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -155,8 +156,7 @@ def as_paths(paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-@dataclasses.dataclass
-class OpenedStudy:
+class OpenedStudy(NamedTuple):
     """What every cache-reading study starts from (see :func:`open_study`).
 
     Attributes
@@ -169,13 +169,6 @@ class OpenedStudy:
     caches: list[PredictionCache]
     labels: list[str]
     results: ResultsDir
-
-    def __iter__(self):
-        return iter((self.caches, self.labels, self.results))
-
-    def labelled(self):
-        """``(label, cache)`` pairs."""
-        return list(zip(self.labels, self.caches, strict=True))
 
 
 def open_study(preds, out, name: str, parameters: dict, seeds) -> OpenedStudy:

@@ -16,6 +16,7 @@ their own checkpoints):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -223,7 +224,8 @@ def reproduce(
     config = config or make_config(quick, seed)
     torch.set_num_threads(max(int(threads or 1), 1))
     pipe = Pipeline(out, force, log)
-    jobs = max(int(jobs if jobs is not None else default_jobs(threads)), 1)
+    # training processes side by side: CPU only (on CUDA the branches take turns on the device)
+    jobs = max(int(jobs if jobs is not None else default_jobs(threads)), 1) if device == "cpu" else 1
     data_path = out / "data" / "nacl.npz"
     branches = [b for b in config.branches if b.name != "muse" or (config.muse and _muse_available())]
     names = [*ORDER, *sorted(set(STUDIES) - set(ORDER))]
@@ -266,7 +268,13 @@ def reproduce(
                     lambda run_dir=run_dir: (run_dir / "best.pt").exists(),
                 )
             )
-    pipe.run_parallel(training, jobs if device == "cpu" else 1, progress=progress)
+    pipe.run_parallel(training, jobs, progress=progress)
+
+    @functools.cache
+    def load_frames():  # once for every seed's prediction, and only when one runs
+        from ..data import FrameSet
+
+        return FrameSet.load(data_path)
 
     preds = []
     for model_seed, runs in runs_of_seed.items():
@@ -274,11 +282,9 @@ def reproduce(
         preds.append(pred)
 
         def predict(runs=runs, pred=pred):
-            from ..data import FrameSet
             from ..train import predict_cache
 
-            frames = FrameSet.load(data_path)
-            predict_cache(runs, frames, pred, device=device, data_path=data_path, progress=progress)
+            predict_cache(runs, load_frames(), pred, device=device, data_path=data_path, progress=progress)
 
         pipe.run(
             f"predict_s{model_seed}",
@@ -290,7 +296,13 @@ def reproduce(
     results = out / "results"
     if config.hessian is not None:
         _hessian_stage(
-            pipe, data_path, runs_of_seed[config.model_seeds[0]], results / "hessian", config, device
+            pipe,
+            data_path,
+            data_sha,
+            runs_of_seed[config.model_seeds[0]],
+            results / "hessian",
+            config,
+            device,
         )
     # The studies' routers are small MLPs: one thread is several times faster than
     # two threads competing on a busy 2-core machine.
@@ -339,7 +351,9 @@ def reproduce(
     return pipe.timings
 
 
-def _hessian_stage(pipe: Pipeline, data_path: Path, runs: list[Path], out: Path, config, device) -> None:
+def _hessian_stage(
+    pipe: Pipeline, data_path: Path, data_sha: str, runs: list[Path], out: Path, config, device
+) -> None:
     """The Hessian benchmark (OpenMM finite differences against double backprop) on ``runs``."""
     from . import _hessian_study as hessian
 
@@ -353,7 +367,7 @@ def _hessian_stage(pipe: Pipeline, data_path: Path, runs: list[Path], out: Path,
 
     pipe.run(
         "study_hessian",
-        _key([file_sha256(r / "best.pt") for r in runs], file_sha256(data_path), options),
+        _key([file_sha256(r / "best.pt") for r in runs], data_sha, options),
         action,
         lambda: hessian.complete(out, data_path, runs, **options),
     )
