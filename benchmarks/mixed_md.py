@@ -57,7 +57,7 @@ def main(argv=None) -> None:
 
     from scalepool.md import RigidBonds, rigid_water_pairs
     from scalepool.models import load_model, save_model
-    from scalepool.scales import PredictionCache
+    from scalepool.data import PredictionCache
     from scalepool.scales._calculator import ScalepoolCalculator
     from scalepool.scales._mixed import MixedForceModel, fit_router
 

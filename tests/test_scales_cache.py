@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from scalepool.data import keys as K
+from scalepool.data import PredictionCache, PredictionCacheError
 from scalepool.scales import (
     CachedGenerator,
     FunctionGenerator,
-    PredictionCache,
-    PredictionCacheError,
     RoutingProblem,
     interpolate,
     nearest_ion,

@@ -96,7 +96,7 @@ def test_scale_search_resumes_and_is_seeded(cache_path, tmp_path, suffix):
 
 
 def test_refine_and_router_spaces(cache_path, tmp_path):
-    from scalepool.scales import PredictionCache
+    from scalepool.data import PredictionCache
 
     cache = PredictionCache.load(cache_path)
     refine = ScaleSearch(cache, "refine")

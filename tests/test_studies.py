@@ -14,8 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from scalepool.scales import PredictionCache, synthetic_cache
-from scalepool.studies import STUDIES, file_sha256, is_complete, read_provenance, run_study, study_main
+from scalepool.data import PredictionCache
+
+from scalepool.scales import synthetic_cache
+from scalepool.provenance import file_sha256, is_complete, read_provenance
+from scalepool.studies import STUDIES, run_study, study_main
 from scalepool.units import EV_TO_MEV
 
 REPO = Path(__file__).resolve().parents[1]

@@ -77,7 +77,7 @@ def format_table(df) -> str:
 def _table(args: argparse.Namespace) -> int:
     import torch
 
-    from ..scales import PredictionCache
+    from ..data import PredictionCache
     from ..scales._table import scale_table
 
     if args.threads:

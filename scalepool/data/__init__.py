@@ -1,15 +1,19 @@
-"""Datasets: FrameSet, npz schema, trajectory I/O, the NaCl testbed, descriptors."""
+"""Datasets and the two file contracts: FrameSet (reference data) and PredictionCache
+(branch forces), the npz schema, trajectory I/O, the NaCl testbed, descriptors."""
 
 from . import _keys as keys
 from ._descriptors import (
     close_contact_mask,
     frameset_descriptors,
     min_ion_ion_distance,
+    minimum_image_distances,
+    minimum_image_vectors,
     nearest_counterion_distance,
     nearest_ion_distance,
 )
-from ._frameset import DatasetError, FrameSet, save_npz_atomic, time_block_split
+from ._frameset import DatasetError, FrameSet, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
+from ._prediction_cache import PredictionCache, PredictionCacheError, split_code
 
 # The testbed generator needs OpenMM; load it on first use so that models,
 # training and the scale layer import (and run, e.g. on a GPU node) without it.
@@ -28,6 +32,8 @@ __all__ = [
     "SUPPORTED_WRITE",
     "DatasetError",
     "FrameSet",
+    "PredictionCache",
+    "PredictionCacheError",
     "close_contact_mask",
     "companion_topology",
     "build_nacl_system",
@@ -35,11 +41,13 @@ __all__ = [
     "generate_nacl",
     "keys",
     "min_ion_ion_distance",
+    "minimum_image_distances",
+    "minimum_image_vectors",
     "nearest_counterion_distance",
     "nearest_ion_distance",
     "openmm_reference_forces",
     "read_frames",
-    "save_npz_atomic",
+    "split_code",
     "time_block_split",
     "write_frames",
 ]

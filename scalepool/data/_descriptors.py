@@ -183,6 +183,46 @@ def _min_distances(
     return best
 
 
+def minimum_image_distances(points, targets, cell) -> np.ndarray:
+    """Exact minimum-image distance from every point to every target (the one kernel).
+
+    points : (n, 3), Å; targets : (m, 3), Å; cell : (3, 3), Å, rows are cell
+    vectors, or ``None`` for open boundaries.  Returns (n, m), Å.
+    """
+    points, targets = np.asarray(points, np.float64), np.asarray(targets, np.float64)
+    cell = _check_cell(cell)
+    return _distances(points, targets, None if cell is None else _Lattice.from_cell(cell))
+
+
+def minimum_image_vectors(vectors, cell) -> np.ndarray:
+    """The shortest periodic image of each displacement (exact for any cell).
+
+    vectors : (..., 3), Å; cell : (3, 3), Å rows, or ``None`` (returned as given).
+    Returns (..., 3), Å: ``v + n @ cell`` with the smallest length over integer ``n``.
+    """
+    vectors = np.asarray(vectors, np.float64)
+    cell = _check_cell(cell)
+    if cell is None:
+        return vectors.copy()
+    lattice = _Lattice.from_cell(cell)
+    flat = vectors.reshape(-1, 3)
+    frac = flat @ lattice.inverse
+    flat = (frac - np.round(frac)) @ lattice.cell
+    # as in _exact_lengths: only vectors longer than h/2 can have a shorter image, and the
+    # certificate |n_k| <= 0.5 + |v| |b_k| bounds the images that need a look
+    far = np.flatnonzero(np.linalg.norm(flat, axis=1) > lattice.half_height)
+    if len(far):
+        reach = np.floor(
+            0.5 + np.linalg.norm(flat[far], axis=1)[:, None] * lattice.recip_norms[None, :] + 1e-9
+        ).astype(np.int64)
+        images = _image_vectors(np.maximum(reach.max(axis=0), 1), lattice.cell)
+        images = np.concatenate([np.zeros((1, 3)), images, -images])  # (n_images, 3), Å
+        candidates = flat[far][:, None, :] + images[None, :, :]
+        best = np.einsum("pik,pik->pi", candidates, candidates).argmin(axis=1)
+        flat[far] = candidates[np.arange(len(far)), best]
+    return flat.reshape(vectors.shape)
+
+
 # ----------------------------------------------------------------- validation
 def _check_frame(positions, numbers, cell) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     positions = np.asarray(positions, dtype=np.float64)

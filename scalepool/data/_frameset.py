@@ -6,13 +6,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._files import write_npz
 from . import _keys as K
 
 # Stored dtypes: positions and cells keep float64 so that a frame can be
@@ -174,12 +174,14 @@ class FrameSet:
         return arrays
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the dataset as one compressed ``.npz`` (schema of DESIGN.md).
+        """Write the dataset as one compressed ``.npz`` (schema in the README and :mod:`scalepool.data.keys`).
 
         The file is written to a temporary name and renamed, so an interrupted
         save never leaves a half-written dataset behind.
         """
-        return save_npz_atomic(path, self.to_arrays())
+        if Path(path).suffix != ".npz":
+            raise ValueError(f"dataset files end in .npz, got {path}")
+        return write_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FrameSet:
@@ -256,20 +258,3 @@ def time_block_split(
         "val": np.arange(start_val, start_val + n_val),
         "test": np.arange(start_test, start_test + n_test),
     }
-
-
-def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """``np.savez_compressed`` to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"dataset files end in .npz, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -30,15 +30,13 @@ outside this interface.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_paths, write_npz
 from ._frameset import DatasetError, FrameSet
 
 #: Readable formats and their file extensions.
@@ -165,25 +163,6 @@ def read_frames(
     return read_mda(path, Path(topology), fmt, stride=stride)
 
 
-@contextlib.contextmanager
-def _atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
-    """Temporary files beside ``paths``, renamed onto them only if the block succeeds."""
-    temps: list[Path] = []
-    try:
-        for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            os.close(fd)
-            temps.append(Path(tmp))
-        yield temps
-        for tmp, path in zip(temps, paths, strict=True):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None = None) -> Path:
     """Write ``frameset`` to ``path`` in the format of its extension; returns ``path``.
 
@@ -201,12 +180,11 @@ def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None
     path = Path(path)
     fmt = _resolve_format(path, format, SUPPORTED_WRITE)
     if fmt == "npz":
-        with _atomic_outputs(path) as (tmp,), open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **frameset.to_arrays())
+        write_npz(path, frameset.to_arrays())
     elif fmt == "extxyz":
         from ._io_ase import write_extxyz
 
-        with _atomic_outputs(path) as (tmp,):
+        with atomic_paths(path) as (tmp,):
             write_extxyz(frameset, tmp)
     else:
         if fmt == "h5md":
@@ -216,6 +194,6 @@ def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None
         check_gromacs_cell(frameset, path)
         if companion_topology(path) == path:
             raise DatasetError(f"cannot write {fmt} to {path}: its topology {path.name} would overwrite it")
-        with _atomic_outputs(path, companion_topology(path)) as (tmp, tmp_top):
+        with atomic_paths(path, companion_topology(path)) as (tmp, tmp_top):
             write_mda(frameset, tmp, tmp_top, fmt)
     return path

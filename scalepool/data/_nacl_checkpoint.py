@@ -46,7 +46,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -54,8 +53,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._files import write_atomic, write_json, write_npz
 from . import _keys as K
-from ._frameset import save_npz_atomic
 
 try:  # POSIX only; without it two runs on one folder are not detected
     import fcntl
@@ -76,21 +75,8 @@ class CheckpointInUse(RuntimeError):
     """Another running generation holds the checkpoint folder."""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_json(path, obj, sort_keys=True)
 
 
 def _json_roundtrip(obj: Any) -> Any:
@@ -236,10 +222,10 @@ class NaclCheckpoint:
                 key: np.asarray(value).astype(np.float32 if key.startswith(K.FORCES) else np.float64)
                 for key, value in new_frames.items()
             }
-            save_npz_atomic(self.folder / name, arrays)
+            write_npz(self.folder / name, arrays)
             chunks.append(name)
         state_name = f"state_{frames_done:06d}.chk"
-        _write_atomic(self.folder / state_name, state)
+        write_atomic(self.folder / state_name, state)
         committed = {**progress, "frames_done": frames_done, "chunks": chunks, "state": state_name}
         _write_json(self.folder / PROGRESS, committed)
         if previous and previous["state"] != state_name:

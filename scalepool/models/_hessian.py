@@ -35,6 +35,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..data import minimum_image_vectors
 from ..units import HYDROGEN, ION_NUMBERS, OXYGEN
 from ._batch import AtomsBatch
 
@@ -220,10 +221,7 @@ def select_around_ion_pair(
     numbers = np.asarray(numbers)
 
     def minimum_image(d):
-        if cell is None:
-            return d
-        frac = d @ np.linalg.inv(cell)
-        return (frac - np.round(frac)) @ cell
+        return minimum_image_vectors(d, cell)
 
     na, cl = np.flatnonzero(numbers == 11), np.flatnonzero(numbers == 17)
     if not len(na) or not len(cl):

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ..units import EV_TO_MEV
 from ._style import CLOSE_CONTACT_LABEL, color, plt
 
 UPPER = "(upper bound)"
@@ -115,7 +116,7 @@ def pool_refinement(results: Path):
     if rounds is None or not histories:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4))
-    RefinementHistory.load(histories[0]).plot(ax=left, loss_ax=False)
+    draw_refinement_history(RefinementHistory.load(histories[0]), ax=left, loss_ax=False)
     left.set_title(f"pool per round ({histories[0].stem.removeprefix('history_')})")
     stats = rounds.groupby("round").agg(
         mae=("test_overall_mae", "mean"), std=("test_overall_mae", "std"), gap=("test_gap_recovered", "mean")
@@ -226,3 +227,57 @@ def generator_swap(results: Path):
 
 def read_json(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def draw_refinement_history(history, ax=None, loss_ax: bool = True):
+    """A :class:`~scalepool.scales.RefinementHistory`: pool members per round (marker area ~ usage share; inserted ones in
+    colour) and, on a twin axis, the oracle-routed loss (upper bound).
+
+    Returns the scale axis.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    for record in history.rounds:
+        total = max(sum(record.usage), 1)
+        for scale, used in zip(record.pool, record.usage, strict=True):
+            new = scale in record.inserted
+            ax.scatter(
+                record.round,
+                scale,
+                s=10 + 200 * used / total,
+                color="C3" if new else "C0",
+                alpha=0.8,
+                edgecolor="k",
+                linewidth=0.3,
+                zorder=3,
+            )
+        for scale in record.pruned:
+            ax.scatter(record.round, scale, marker="x", color="0.5", zorder=2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("refinement round")
+    ax.set_ylabel("scale s")
+    ax.set_ylim(-0.05, 1.05)
+    if loss_ax:
+        twin = ax.twinx()
+        factor, unit = (EV_TO_MEV, "meV/Å") if history.loss == "mae" else (EV_TO_MEV**2, "(meV/Å)$^2$")
+        rounds = [r.round for r in history.rounds]
+        twin.plot(
+            rounds,
+            [factor * v for v in history.losses],
+            "-o",
+            color="C2",
+            ms=3,
+            label="pool oracle (upper bound)",
+        )
+        names = {"hard_anchors": "hard {0,1} oracle", "continuous": "continuous oracle"}
+        for i, (name, value) in enumerate(sorted(history.bounds.items())):
+            twin.axhline(
+                factor * value,
+                ls="--",
+                color=f"C{4 + i}",
+                lw=0.8,
+                label=f"{names.get(name, name)} (upper bound)",
+            )
+        twin.set_ylabel(f"{history.loss.upper()} on {history.split} ({unit})")
+        twin.legend(loc="upper center", fontsize="x-small", framealpha=0.9)
+    return ax

@@ -7,7 +7,7 @@ the split they route and are **upper bounds**; learned routers are fitted on
 the train split only and are what a user can deploy.
 """
 
-from ._cache import PredictionCache, PredictionCacheError
+
 from ._calculator import ScalepoolCalculator
 from ._differentiable import SoftPoolRouter, fit_pool_scales, sample_losses_torch
 from ._features import FEATURE_RADII, atom_features
@@ -20,7 +20,6 @@ from ._generator import (
     interpolate,
 )
 from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion, nearest_ion_distances
-from ._history import RefinementHistory, RoundRecord
 from ._mixed import (
     DEFAULT_SPECIES,
     MixedForceModel,
@@ -36,7 +35,7 @@ from ._oracle import (
     optimal_scale_mse,
     sample_losses_linear,
 )
-from ._pool import ScalePool, propose, refine_pool
+from ._pool import RefinementHistory, RoundRecord, ScalePool, propose, refine_pool
 from ._problem import RoutingProblem
 from ._routers import ContinuousRouter, HardRouter, LeakageError
 from ._samples import GRANULARITIES, SampleGroups, sample_groups
@@ -59,8 +58,6 @@ __all__ = [
     "FunctionGenerator",
     "HardRouter",
     "LeakageError",
-    "PredictionCache",
-    "PredictionCacheError",
     "RefinementHistory",
     "RoundRecord",
     "RoutingProblem",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cache import PredictionCache
+from ..data import PredictionCache
 from ._geometry import atom_ion_distances, ion_counts, ion_mask
 
 FEATURE_RADII = (3.5, 5.0, 7.0)

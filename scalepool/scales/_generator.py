@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cache import PredictionCache
+from ..data import PredictionCache
 
 
 def interpolate(f0: np.ndarray, f1: np.ndarray, scales: np.ndarray | float) -> np.ndarray:

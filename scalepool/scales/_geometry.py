@@ -6,40 +6,22 @@ within a few radii (router features).  NaCl boxes hold few ions (18 in the
 1,467-atom testbed), so a dense (n_atoms, n_ions) distance matrix per frame
 is both the simplest and the fastest way.
 
-Minimum image: displacements are wrapped in fractional coordinates; for a
-non-orthorhombic cell the 27 neighbouring images of the wrapped vector are
-searched as well.  That is exact for orthorhombic cells and for the mildly
-skewed boxes of liquid simulations; the close-contact metric itself uses the
-certified-exact kernel of ``scalepool.data`` (:func:`nearest_ion_distances`).
+Minimum image: every distance comes from the one exact kernel of
+:mod:`scalepool.data` (:func:`~scalepool.data.minimum_image_distances`), so the
+routing domains and the close-contact metric agree on any cell.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
+from ..data import minimum_image_distances, nearest_ion_distance
 from ..units import ION_NUMBERS
-
-_IMAGES = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.float64)  # (27, 3)
 
 
 def ion_mask(numbers: np.ndarray, ion_numbers: tuple[int, ...] = ION_NUMBERS) -> np.ndarray:
     """``(N,) bool``: which atoms are ions (atomic number in ``ion_numbers``)."""
     return np.isin(np.asarray(numbers), ion_numbers)
-
-
-def _minimum_image(delta: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
-    """Minimum-image distances of displacements ``delta: (..., 3) Å``; returns ``(...)`` Å."""
-    if cell is None:
-        return np.linalg.norm(delta, axis=-1)
-    frac = delta @ np.linalg.inv(cell)
-    frac -= np.round(frac)
-    if np.allclose(cell - np.diag(np.diag(cell)), 0.0):
-        return np.linalg.norm(frac @ cell, axis=-1)
-    shifts = _IMAGES @ cell  # (27, 3) Å
-    wrapped = (frac @ cell)[..., None, :] + shifts  # (..., 27, 3)
-    return np.linalg.norm(wrapped, axis=-1).min(axis=-1)
 
 
 def atom_ion_distances(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
@@ -61,8 +43,9 @@ def atom_ion_distances(positions: np.ndarray, numbers: np.ndarray, cell: np.ndar
     n_frames, n_atoms, _ = positions.shape
     out = np.empty((n_frames, n_atoms, ions.size))
     for frame in range(n_frames):
-        delta = positions[frame][:, None, :] - positions[frame][ions][None, :, :]  # (N, n_ions, 3)
-        out[frame] = _minimum_image(delta, None if cell is None else np.asarray(cell[frame], np.float64))
+        out[frame] = minimum_image_distances(
+            positions[frame], positions[frame][ions], None if cell is None else cell[frame]
+        )
     return out
 
 
@@ -119,12 +102,10 @@ def ion_counts(distances: np.ndarray, radii: tuple[float, ...], exclude_zero: bo
 def nearest_ion_distances(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
     """Close-contact descriptor: ``(F, N)`` distance to the nearest other ion, Å.
 
-    Delegates frame by frame to :func:`scalepool.data._descriptors.nearest_ion_distance`
+    Delegates frame by frame to :func:`scalepool.data.nearest_ion_distance`
     (exact minimum image for any cell), so that close contact has one
     definition in the whole toolkit; ``inf`` where there is no other ion.
     """
-    from ..data._descriptors import nearest_ion_distance
-
     return np.stack(
         [
             np.asarray(nearest_ion_distance(positions[f], numbers, None if cell is None else cell[f]))

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import PredictionCache
 from ..models import AtomsBatch, ForceModel, build_model, register_model
 from ..units import ION_NUMBERS
-from ._cache import PredictionCache
 from ._features import FEATURE_RADII
 from ._routers import _mlp, _Router
 

@@ -22,10 +22,14 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ._history import RefinementHistory, RoundRecord
+from .._files import write_json
 from ._oracle import hard_route
 from ._problem import RoutingProblem
 
@@ -72,6 +76,75 @@ class ScalePool:
     def label(self) -> str:
         """``"{0, 0.125, 0.25, 1}"``."""
         return "{" + ", ".join(f"{s:.6g}" for s in self.scales) + "}"
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    """One refinement round.
+
+    Attributes
+    ----------
+    round : 0 for the initial pool
+    pool : scales after the round (sorted)
+    loss : oracle-routed mean loss per force component after the round (eV/Å
+        for MAE, (eV/Å)^2 for MSE), on the refinement split: an upper bound
+    usage : samples routed to each pool member (aligned with ``pool``)
+    candidate_gains : ``[[scale, relative gain], ...]``, the gain of inserting
+        each candidate alone into the pool the round started from
+    inserted, pruned : scales added and removed in this round
+    """
+
+    round: int
+    pool: list[float]
+    loss: float
+    usage: list[int]
+    candidate_gains: list[list[float]] = dataclasses.field(default_factory=list)
+    inserted: list[float] = dataclasses.field(default_factory=list)
+    pruned: list[float] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RefinementHistory:
+    """Rounds of :func:`refine_pool` and the settings that produced them.
+
+    ``bounds`` holds reference losses on the same split: ``"hard_anchors"``
+    (oracle routing over {0, 1}) and, for linear generators,
+    ``"continuous"`` (continuous oracle); all are upper bounds (they read the
+    split's labels).
+    """
+
+    rounds: list[RoundRecord]
+    loss: str
+    split: str | None
+    granularity: str
+    tol: float
+    stop_reason: str = ""
+    bounds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return [r.loss for r in self.rounds]
+
+    @property
+    def final_pool(self) -> ScalePool:
+        return ScalePool(self.rounds[-1].pool)
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RefinementHistory:
+        data = dict(data)
+        data["rounds"] = [RoundRecord(**r) for r in data["rounds"]]
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RefinementHistory:
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def propose(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cache import PredictionCache, _split_code
+from ..data import PredictionCache, split_code
 from ._generator import ScaleGenerator, as_generator
 from ._oracle import check_loss, hard_route, optimal_scale, pointwise_loss, sample_losses_linear, segment_sum
 from ._samples import SampleGroups, sample_groups
@@ -53,7 +53,7 @@ class RoutingProblem:
         self.frames = (
             np.arange(len(split_codes))
             if split is None
-            else np.flatnonzero(split_codes == _split_code(split))
+            else np.flatnonzero(split_codes == split_code(split))
         )
         if self.frames.size == 0:
             raise ValueError(f"no frames in split '{split}'")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import PredictionCache
 from ..data._keys import SPLIT_CODES
-from ._cache import PredictionCache
 from ._features import FEATURE_RADII, atom_features
 from ._oracle import check_loss
 from ._pool import ScalePool

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import time_block_split
+from ..data import PredictionCache, time_block_split
 from ..data._keys import SPLIT_CODES
 from ..units import CHLORINE, HYDROGEN, OXYGEN, SODIUM
-from ._cache import PredictionCache
 from ._geometry import nearest_ion
 from ._samples import sample_groups
 

@@ -34,8 +34,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from ..data import PredictionCache
 from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
-from ._cache import PredictionCache
 from ._differentiable import fit_pool_scales
 from ._generator import interpolate
 from ._geometry import ion_mask, nearest_ion_distances

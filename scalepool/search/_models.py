@@ -235,8 +235,8 @@ def search_models(
     (default :data:`DEFAULT_SPACES[branch]`); the pruner defaults to a median
     pruner that waits for 2 finished trials and 1 epoch.
     """
+    from .._files import write_json
     from ..data import FrameSet
-    from ..studies._results import write_json
     from ._run import export_study, make_sampler, quiet_optuna
     from ._storage import finished, open_storage, open_study, optimize
 

@@ -35,7 +35,7 @@ def export_study(study: optuna.Study, out: str | os.PathLike, prefix: str = "") 
     when computable; the ``evaluator`` column names it)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from ..studies._results import write_csv
+    from .._files import write_csv
 
     paths = {}
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
@@ -99,7 +99,7 @@ def search_scales(
     Returns the best-trial record (``evaluate`` of :class:`ScaleSearch`) with
     the trial count and the trials per minute of this call.
     """
-    from ..scales import PredictionCache
+    from ..data import PredictionCache
 
     quiet_optuna()
     cache = pred if isinstance(pred, PredictionCache) else PredictionCache.load(pred)
@@ -131,7 +131,7 @@ def search_scales(
         seed=seed,
     )
     if out is not None:
-        from ..studies._results import write_json
+        from .._files import write_json
 
         export_study(study, out, prefix=f"{space}_")
         write_json(Path(out) / f"{space}_best.json", record)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import optuna
 
-from ..scales import ContinuousRouter, HardRouter, PredictionCache, RoutingProblem, ScalePool, refine_pool
+from ..data import PredictionCache
+from ..scales import ContinuousRouter, HardRouter, RoutingProblem, ScalePool, refine_pool
 from ..units import EV_TO_MEV
 
 SPACES = ("pool", "refine", "router")

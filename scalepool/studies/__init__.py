@@ -19,32 +19,19 @@ study                  what it writes
 """
 
 from . import _all  # noqa: F401  (registers the studies)
-from ._provenance import describe_input, file_sha256, git_commit, library_versions, provenance
 from ._registry import STUDIES, Option, Study, run_study, study_main
 from ._reproduce import Pipeline, reproduce
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
-from ._results import PROVENANCE, ResultsDir, is_complete, read_provenance, write_csv, write_json
 
 __all__ = [
-    "PROVENANCE",
     "STUDIES",
     "BranchPlan",
     "Option",
     "Pipeline",
     "ReproduceConfig",
-    "ResultsDir",
     "Study",
-    "describe_input",
-    "file_sha256",
-    "git_commit",
-    "is_complete",
-    "library_versions",
     "make_config",
-    "provenance",
-    "read_provenance",
     "reproduce",
     "run_study",
     "study_main",
-    "write_csv",
-    "write_json",
 ]

@@ -10,9 +10,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..scales import PredictionCache, interpolate, ion_mask, nearest_ion_distances
+from ..data import PredictionCache
+from ..provenance import ResultsDir
+from ..scales import interpolate, ion_mask, nearest_ion_distances
 from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
-from ._results import ResultsDir
 
 #: Å, bin edges of nearest-ion distance profiles (the last bin is open-ended).
 DISTANCE_EDGES = (0.0, *np.round(np.arange(2.0, 10.01, 0.5), 3).tolist())

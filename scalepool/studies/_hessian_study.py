@@ -52,7 +52,7 @@ from ..models._hessian import (
     water_molecules,
 )
 from ..models._muse import MuSE  # noqa: F401  (registers MuSE for load_model)
-from ._results import ResultsDir, is_complete
+from ..provenance import ResultsDir, is_complete
 
 NAME = "hessian"
 

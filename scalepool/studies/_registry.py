@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._results import is_complete
+from ..provenance import is_complete
 
 
 @dataclasses.dataclass(frozen=True)

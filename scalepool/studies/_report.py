@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._provenance import git_commit, library_versions, utc_now
+from ..provenance import git_commit, library_versions, utc_now
 
 _UB = "(upper bound)"
 

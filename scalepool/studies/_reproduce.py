@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._provenance import file_sha256, utc_now
+from .._files import write_json
+from ..provenance import PROVENANCE, file_sha256, is_complete, utc_now
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
-from ._results import PROVENANCE, write_json
 
 STATE = "stages.json"
 
@@ -390,7 +390,7 @@ def _claim(run_dir: Path, key: str) -> list[str]:
 
 
 def _valid_cache(path: Path) -> bool:
-    from ..scales import PredictionCache, PredictionCacheError
+    from ..data import PredictionCache, PredictionCacheError
 
     if not path.exists():
         return False
@@ -402,7 +402,6 @@ def _valid_cache(path: Path) -> bool:
 
 
 def _complete(folder: Path, params: dict, preds) -> bool:
-    from ._results import is_complete
 
     return is_complete(folder, params, preds)
 

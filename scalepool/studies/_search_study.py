@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._files import write_json
+from ..provenance import ResultsDir
 from ._common import as_paths, cache_labels, mean_std
 from ._registry import Option, Study, register
-from ._results import ResultsDir, write_json
 
 NAME = "search"
 _SCORES = ("best_value", "test_pool_oracle", "test_router", "test_anchor_oracle", "test_continuous_oracle")

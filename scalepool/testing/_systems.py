@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import units
-from ..data import FrameSet
+from ..data import FrameSet, minimum_image_vectors
 
 #: Water number density at 300 K, molecules per Å^3.
 WATER_DENSITY = 0.0334
@@ -50,22 +50,15 @@ def random_frames(
     if triclinic:
         cell[1, 0] = 0.15 * box
         cell[2, 0], cell[2, 1] = -0.1 * box, 0.12 * box
-    inverse = np.linalg.inv(cell)
     frames = np.zeros((n_frames, n_atoms, 3))
     for f in range(n_frames):
         placed: list[np.ndarray] = []
         for _ in range(200 * n_atoms):
             x = rng.uniform(size=3) @ cell
-            ok = True
-            for y in placed:
-                d = x - y
-                if periodic:
-                    frac = d @ inverse
-                    d = (frac - np.round(frac)) @ cell
-                if np.linalg.norm(d) < min_distance:
-                    ok = False
-                    break
-            if ok:
+            d = x - np.array(placed).reshape(-1, 3)
+            if periodic:
+                d = minimum_image_vectors(d, cell)
+            if not len(placed) or np.linalg.norm(d, axis=1).min() >= min_distance:
                 placed.append(x)
                 if len(placed) == n_atoms:
                     break

@@ -1,14 +1,6 @@
-"""Shared helpers of training and prediction: devices, dtypes, atomic files, provenance."""
+"""Shared helpers of training and prediction: run-folder file names, devices, dtypes."""
 
 from __future__ import annotations
-
-import json
-import os
-import platform
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -61,90 +53,3 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def chmod_default(path: str | os.PathLike) -> None:
-    """Give a file made by ``mkstemp`` (mode 0600) the permissions a plain ``open`` would."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
-    return _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    return _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def canonical_json(obj: Any) -> Any:
-    """``obj`` after a JSON round trip (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(obj, sort_keys=True))
-
-
-#: Tracked paths whose changes can change a result; figures, README and data written by a
-#: run (``reproduce --figures-dir figures``) do not make the code ``+dirty``.
-CODE_PATHS = ("scalepool", "studies", "benchmarks", "pyproject.toml", "Makefile")
-
-
-def git_commit() -> str | None:
-    """Commit of the scalepool source tree (``+dirty`` if its code, :data:`CODE_PATHS`,
-    is modified), or ``None`` outside a git checkout."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "") if commit else None
-
-
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that shape a training run."""
-    import numpy
-
-    import scalepool
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "scalepool": scalepool.__version__,
-    }

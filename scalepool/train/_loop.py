@@ -30,10 +30,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .._files import canonical_json
 from ..data import FrameSet
 from ..models import AtomsBatch
 from . import _model_io
-from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, canonical_json, resolve_device
+from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device
 from ._predict import evaluate_forces
 from ._run_config import record_result, write_run_config
 from ._settings import TrainSettings, epoch_batches

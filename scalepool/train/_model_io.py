@@ -11,8 +11,8 @@ import os
 
 import torch
 
+from .._files import atomic_paths
 from ..data import FrameSet
-from ._common import chmod_default
 
 
 def fit_species_statistics(model: torch.nn.Module, frames: FrameSet) -> None:
@@ -36,15 +36,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 def save_model_atomic(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """:func:`save_model` to a temporary name in the same folder, then ``os.replace``."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.part.pt")
-    try:
+    """:func:`save_model` to a temporary name in the same folder, then renamed onto ``path``."""
+    with atomic_paths(path) as (tmp,):
         save_model(model, tmp)
-        chmod_default(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

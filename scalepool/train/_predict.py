@@ -1,28 +1,15 @@
 """Model predictions: batched force inference, validation scores and the prediction cache.
 
-The prediction cache is the ``.npz`` that the scale layer and the studies read
-(keys in :mod:`scalepool.data.keys`):
-
-| array | shape | unit |
-| --- | --- | --- |
-| ``forces_ref`` | (F, N, 3) float32 | eV/Å, reference forces |
-| ``forces_<branch>`` | (F, N, 3) float32 | eV/Å, one per run (``forces_short``, ``forces_long``) |
-| ``numbers`` | (N,) int64 | atomic numbers |
-| ``cell`` | (F, 3, 3) float64 | Å, rows are cell vectors (absent for open boundaries) |
-| ``positions`` | (F, N, 3) float64 | Å |
-| ``split`` | (F,) int64 | 0 train, 1 val, 2 test |
-| ``meta`` | () | JSON: runs, branches, anchors {"0": first branch, "1": second}, dataset checksum, split |
-
-``F`` is the number of dataset frames in the three split blocks: frames in the
-gaps between blocks (``split_gap > 0``) are left out, and ``meta["frame_index"]``
-gives the dataset frame of every cache row (``0..F-1`` without gaps).  The
-format is the one :class:`scalepool.scales.PredictionCache` reads.
+:func:`predict_cache` runs trained models over a dataset and saves a
+:class:`scalepool.data.PredictionCache` (its docstring holds the one schema
+table).  Rows are the dataset frames of the three split blocks in time order:
+frames in the gaps between blocks (``split_gap > 0``) are left out, and
+``meta["frame_index"]`` gives the dataset frame of every row.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,12 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import FrameSet, save_npz_atomic
+from ..data import FrameSet, PredictionCache
 from ..data import keys as K
 from ..models import AtomsBatch
+from ..provenance import git_commit, library_versions
 from ..units import EV_TO_MEV
 from . import _model_io
-from ._common import BEST, TrainError, chmod_default, git_commit, resolve_device, resolve_dtype, versions
+from ._common import BEST, TrainError, resolve_device, resolve_dtype
 from ._run_config import read_run_config
 
 
@@ -157,10 +145,7 @@ def predict_cache(
         raise TrainError("predict_cache needs at least one run directory")
     dev = resolve_device(device)
     configs = [(Path(run), read_run_config(run)) for run in runs]
-    branches = [config["branch"] for _, config in configs]
-    duplicates = sorted({b for b in branches if branches.count(b) > 1})
-    if duplicates:
-        raise TrainError(f"several runs have branch {duplicates}; each forces_<branch> key must be unique")
+    branches = cache_branch_names([config["branch"] for _, config in configs])
     if "ref" in branches:
         raise TrainError("a run's branch is named 'ref', which collides with forces_ref")
     checksum = frames.checksum()
@@ -180,15 +165,8 @@ def predict_cache(
     split = np.concatenate(
         [np.full(len(blocks[name]), K.SPLIT_CODES[name]) for name in ("train", "val", "test")]
     )
-    arrays = {
-        K.FORCES_REF: frames.forces[keep].astype(np.float32),
-        K.NUMBERS: frames.numbers.astype(np.int64),
-        K.POSITIONS: frames.positions[keep],
-        K.SPLIT: split.astype(np.int64),
-    }
-    if frames.cell is not None:
-        arrays[K.CELL] = frames.cell[keep]
-    for run, config in configs:
+    forces = {}
+    for name, (run, config) in zip(branches, configs, strict=True):
         model = _model_io.load_model(run / model_file, map_location=dev)
         run_dtype = dtype if dtype is not None else config["request"].get("dtype", "float32")
         pred = predict_forces(
@@ -201,13 +179,12 @@ def predict_cache(
             progress=progress,
             desc=f"predict {config['branch']}",
         )
-        arrays[K.FORCE_PART_PREFIX + config["branch"]] = pred["forces"]
+        forces[name] = pred["forces"]
     meta = {
         "runs": [str(run.resolve()) for run, _ in configs],
+        # cache name -> the branch its run trained (``short_2`` -> ``short``)
+        "run_branches": {name: config["branch"] for name, (_, config) in zip(branches, configs, strict=True)},
         "model_file": model_file,
-        "branches": branches,
-        # s = 0 and s = 1; a single run is both ends of a degenerate scale
-        "anchors": {"0": branches[0], "1": branches[min(1, len(branches) - 1)]},
         "frame_index": keep.tolist(),
         "dataset_checksum": checksum,
         "dataset_path": None if data_path is None else str(Path(data_path).resolve()),
@@ -215,10 +192,32 @@ def predict_cache(
         "split_gap": gap,
         "split_codes": K.SPLIT_CODES,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "versions": versions(),
+        "versions": library_versions(),
         "git_commit": git_commit(),
     }
-    arrays[K.META] = np.array(json.dumps(meta, sort_keys=True))
-    path = save_npz_atomic(out_path, arrays)
-    chmod_default(path)
-    return path
+    cache = PredictionCache(
+        forces_ref=frames.forces[keep],
+        branches=forces,
+        numbers=frames.numbers,
+        positions=frames.positions[keep],
+        cell=None if frames.cell is None else frames.cell[keep],
+        split=split.astype(np.int64),
+        # s = 0 and s = 1; a single run is both ends of a degenerate scale
+        anchors=(branches[0], branches[min(1, len(branches) - 1)]),
+        meta=meta,
+    )
+    return cache.save(out_path)
+
+
+def cache_branch_names(branches: list[str]) -> list[str]:
+    """Cache names of runs of these branches, in order: a branch's first run keeps its
+    name, later runs of the same branch get ``_2``, ``_3``... (a null pair is
+    ``short`` and ``short_2``: two seeds of one scale routed as if they were two)."""
+    names, seen = [], {}
+    for branch in branches:
+        seen[branch] = seen.get(branch, 0) + 1
+        names.append(branch if seen[branch] == 1 else f"{branch}_{seen[branch]}")
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise TrainError(f"run names {clash} clash after numbering repeated branches {branches}")
+    return names

@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._common import CONFIG, TrainError, git_commit, versions, write_json_atomic
+from .._files import write_json
+from ..provenance import git_commit, library_versions
+from ._common import CONFIG, TrainError
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def write_run_config(
         "max_minutes": max_minutes,
         "device": str(device),
         "checkpoint_every": checkpoint_every,
-        "versions": versions(),
+        "versions": library_versions(),
         "git_commit": git_commit(),
     }
     old = {}
@@ -87,7 +89,7 @@ def write_run_config(
         "sessions": old.get("sessions", []) + [session],
         "result": old.get("result"),
     }
-    write_json_atomic(path, config)
+    write_json(path, config, sort_keys=True)
 
 
 def record_result(path: Path, result) -> None:
@@ -102,4 +104,4 @@ def record_result(path: Path, result) -> None:
         else result.best_val_force_mae,
         "elapsed_s": result.elapsed_s,
     }
-    write_json_atomic(path, config)
+    write_json(path, config, sort_keys=True)

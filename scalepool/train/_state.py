@@ -27,7 +27,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ._common import TrainError, canonical_json, torch_save_atomic, write_text_atomic
+from .._files import canonical_json, write_text, write_torch
+from ._common import TrainError
 
 CHECKPOINT_FORMAT = "scalepool-train-checkpoint/1"
 
@@ -92,7 +93,7 @@ def save_checkpoint(
     rng: dict[str, Any],
 ) -> None:
     """Write the full training state atomically (temporary file, then ``os.replace``)."""
-    torch_save_atomic(
+    write_torch(
         {
             "format": CHECKPOINT_FORMAT,
             "request": canonical_json(request),
@@ -145,4 +146,4 @@ def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite ``history.csv`` atomically from the rows kept in the checkpoint."""
-    write_text_atomic(path, history_frame(rows).to_csv(index=False, float_format="%.10g"))
+    write_text(path, history_frame(rows).to_csv(index=False, float_format="%.10g"))

@@ -1,8 +1,10 @@
 """The prediction cache: branch forces and reference forces of one dataset.
 
-``scalepool predict`` writes one compressed ``.npz`` per trained model; the
-whole scale layer (oracles, pools, routers, tables) runs on it without
-touching a model again.
+The second file contract beside the dataset (:class:`FrameSet`).
+``scalepool predict`` builds one :class:`PredictionCache` from trained runs and
+saves it as one compressed ``.npz``; the whole scale layer (oracles, pools,
+routers, tables), the metrics and the studies load it through
+:meth:`PredictionCache.load` and never touch a model again.
 
 ========================  ============  ==========================================
 array                     shape         meaning
@@ -19,9 +21,13 @@ array                     shape         meaning
 
 ``meta`` holds at least ``{"branches": [...], "anchors": {"0": "short", "1":
 "long"}}``: the branch names (each has a ``forces_<name>`` array) and the
-branches that are the scale anchors s = 0 and s = 1.  Anything else (model
-and dataset checksums, seed, ``frame_index`` of the frames in the source
-dataset) is carried along untouched.
+branches that are the scale anchors s = 0 and s = 1.  Several runs of one
+branch get distinct names (``short``, ``short_2``...): a null pair routes
+between two of them.  ``scalepool predict`` adds ``runs``, ``model_file``,
+``frame_index`` (the dataset frame of every row; frames in split gaps are left
+out), ``dataset_checksum``, ``dataset_path``, ``split_fractions``,
+``split_gap``, ``created``, ``versions`` and ``git_commit``; anything else is
+carried along untouched.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data import _keys as K
+from .._files import write_npz
+from . import _keys as K
 
 _FORCE_DTYPE = np.float32
 
@@ -44,7 +51,7 @@ class PredictionCacheError(ValueError):
     """A prediction cache is malformed; the message says what and where."""
 
 
-def _split_code(split: str | int) -> int:
+def split_code(split: str | int) -> int:
     if isinstance(split, (int, np.integer)) and int(split) in K.SPLIT_CODES.values():
         return int(split)
     if split in K.SPLIT_CODES:
@@ -162,7 +169,7 @@ class PredictionCache:
         """Indices of the frames of ``split`` (all frames for ``None``)."""
         if split is None:
             return np.arange(self.n_frames)
-        return np.flatnonzero(self.split == _split_code(split))
+        return np.flatnonzero(self.split == split_code(split))
 
     def subset(self, index: np.ndarray) -> PredictionCache:
         """The frames ``index`` as a new cache (``meta['frame_index']`` is kept in sync)."""
@@ -219,9 +226,9 @@ class PredictionCache:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the cache as one compressed ``.npz`` (atomic rename)."""
-        from ..data import save_npz_atomic
-
-        return save_npz_atomic(path, self.to_arrays())
+        if Path(path).suffix != ".npz":
+            raise PredictionCacheError(f"prediction caches end in .npz, got {path}")
+        return write_npz(path, self.to_arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PredictionCache:
