@@ -55,11 +55,10 @@ def main(argv=None) -> None:
     from ase import Atoms, units
     from ase.md.verlet import VelocityVerlet
 
-    from scalepool.md import RigidBonds, rigid_water_pairs
-    from scalepool.models import load_model, save_model
     from scalepool.data import PredictionCache
-    from scalepool.scales._calculator import ScalepoolCalculator
-    from scalepool.scales._mixed import MixedForceModel, fit_router
+    from scalepool.md import RigidBonds, ScalepoolCalculator, rigid_water_pairs
+    from scalepool.models import MixedForceModel, load_model, save_model
+    from scalepool.scales import fit_router
 
     cache = PredictionCache.load(args.pred)
     if args.data is not None:

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from scalepool.data import FrameSet
-from scalepool.models import AtomsBatch, build_branch, keep_freed_memory
-from scalepool.models._muse import build_muse_branch
+from scalepool.models import AtomsBatch, build_branch, build_muse_branch, keep_freed_memory
 from scalepool.testing import water_box
 
 

@@ -39,8 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from scalepool.data import FrameSet  # noqa: E402
-from scalepool.data._descriptors import frameset_descriptors, nearest_ion_distance  # noqa: E402
+from scalepool.data import (  # noqa: E402
+    FrameSet,  # noqa: E402
+    frameset_descriptors,
+    nearest_ion_distance,
+)
 from scalepool.neighbors import neighbor_pairs, pair_vectors  # noqa: E402
 from scalepool.units import CHLORINE, HYDROGEN, OXYGEN, SODIUM  # noqa: E402
 

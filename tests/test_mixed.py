@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from scalepool.models import AtomsBatch, build_branch, load_model, save_model
-from scalepool.scales import LeakageError, synthetic_cache
-from scalepool.scales._calculator import ScalepoolCalculator
-from scalepool.scales._mixed import MixedForceModel, fit_router, smooth_router_features
+from scalepool.md import ScalepoolCalculator
+from scalepool.models import (
+    AtomsBatch,
+    MixedForceModel,
+    build_branch,
+    load_model,
+    save_model,
+    smooth_router_features,
+)
+from scalepool.scales import LeakageError, fit_router, synthetic_cache
 from scalepool.testing import assert_finite_difference_forces, random_frames
 
 ase = pytest.importorskip("ase")

@@ -152,7 +152,7 @@ def test_build_branch_routes_options():
     assert build_branch("long").cutoff == 6.0
     with pytest.raises(ValueError, match="no electrostatics"):
         build_branch("short", fixed_charges=True)
-    with pytest.raises(ValueError, match="'short', 'long' or 'muse'"):
+    with pytest.raises(ValueError, match=r"branch must be one of \['long', 'muse', 'short'\]"):
         build_branch("medium")
 
 

@@ -11,15 +11,16 @@ import torch
 from scalepool import testing
 from scalepool.models import (
     AtomsBatch,
+    MuSE,
     PaiNN,
     SchNet,
     build_branch,
     build_model,
+    build_muse_branch,
     fit_species_statistics,
     load_model,
     save_model,
 )
-from scalepool.models._muse import MuSE, build_muse_branch
 from scalepool.units import CHLORINE, SODIUM
 
 

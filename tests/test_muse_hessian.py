@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from scalepool import testing
-from scalepool.models import AtomsBatch, PaiNN
-from scalepool.models._hessian import (
+from scalepool.md import (
     EV_PER_A2_AMU_TO_WAVENUMBER,
     block_errors,
     constraint_tangent_basis,
@@ -20,7 +19,7 @@ from scalepool.models._hessian import (
     spectrum,
     water_molecules,
 )
-from scalepool.models._muse import MuSE
+from scalepool.models import AtomsBatch, MuSE, PaiNN
 from scalepool.units import CHLORINE, HYDROGEN, OXYGEN, SODIUM
 
 

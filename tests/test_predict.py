@@ -11,8 +11,9 @@ import torch
 from test_train import FRACTIONS, PairModel, install_standin_io, make_frames, run, standin_load
 
 from scalepool.cli import _train as cli
+from scalepool.data import PredictionCache
 from scalepool.data import keys as K
-from scalepool.metrics import cache_errors, load_cache
+from scalepool.metrics import cache_errors
 from scalepool.train import BEST, TrainError, predict_cache, predict_forces
 
 
@@ -74,8 +75,7 @@ def test_cache_contract(setup, tmp_path):
     assert meta["runs"] == [str(r.resolve()) for r in runs] and meta["dataset_path"] == str(data.resolve())
     assert meta["frame_index"] == list(range(F))
     assert not list(tmp_path.glob(".*part*"))  # atomic write left no temporary file
-    scales = pytest.importorskip("scalepool.scales")  # the scale layer reads the cache as written
-    loaded = scales.PredictionCache.load(path)
+    loaded = PredictionCache.load(path)  # the one reader every consumer goes through
     assert loaded.anchors == ("short", "long") and sorted(loaded.branches) == ["long", "short"]
 
 
@@ -91,9 +91,9 @@ def test_cache_errors_table(setup, tmp_path):
         "baseline MAE",
         "n_atoms",
     ]
-    cache = load_cache(path)
-    test = cache[K.SPLIT] == 2
-    by_hand = np.abs(cache["forces_long"][test] - cache["forces_ref"][test]).mean() * 1e3
+    cache = PredictionCache.load(path)
+    test = cache.split == 2
+    by_hand = np.abs(cache.branches["long"][test] - cache.forces_ref[test]).mean() * 1e3
     assert table.loc["overall", "long MAE"] == pytest.approx(by_hand, rel=1e-6)
     assert table.loc["overall", "n_atoms"] == test.sum() * frames.n_atoms
     # the trained long branch (cutoff of the reference potential) beats the constant baseline
@@ -107,7 +107,7 @@ def test_cache_errors_table(setup, tmp_path):
 def test_cache_refusals(setup, tmp_path):
     frames, _, runs, root = setup
     out = tmp_path / "p.npz"
-    with pytest.raises(TrainError, match=r"several runs have branch \['short'\]"):
+    with pytest.raises(TrainError, match=r"given more than once; a null pair needs two runs"):
         predict_cache([runs[0], runs[0]], frames, out, progress=False)
     with pytest.raises(TrainError, match="differ from the runs' training split"):
         predict_cache(runs, frames, out, split_fractions=(0.8, 0.1, 0.1), progress=False)
@@ -166,7 +166,7 @@ def test_cli_predict_prints_test_table(setup, tmp_path, capsys):
         "non-close",
     ):
         assert word in printed
-    assert load_cache(out)[K.META]["branches"] == ["short", "long"]
+    assert list(PredictionCache.load(out).branches) == ["short", "long"]
 
 
 def test_cli_errors(tmp_path):
@@ -218,14 +218,11 @@ def test_gap_frames_left_out_and_scales_reader(tmp_path):
     frames = make_frames(n_frames=14)
     run(tmp_path / "gap", frames, model=PairModel(), epochs=1, branch="short", split_gap=2)
     path = predict_cache([tmp_path / "gap"], frames, tmp_path / "p.npz", progress=False)
-    cache = load_cache(path)
+    cache = PredictionCache.load(path)
     blocks = frames.split_indices(FRACTIONS, gap=2)
     keep = np.concatenate([blocks["train"], blocks["val"], blocks["test"]])
-    assert cache[K.META]["frame_index"] == keep.tolist() and len(keep) == 10
-    np.testing.assert_array_equal(cache["forces_ref"], frames.forces[keep])
-    np.testing.assert_array_equal(cache["positions"], frames.positions[keep])
-    np.testing.assert_array_equal(cache[K.SPLIT], [0] * 6 + [1] * 2 + [2] * 2)
-    assert cache[K.META]["anchors"] == {"0": "short", "1": "short"}
-    scales = pytest.importorskip("scalepool.scales")
-    loaded = scales.PredictionCache.load(path)
-    assert loaded.anchors == ("short", "short") and loaded.n_frames == 10
+    assert cache.meta["frame_index"] == keep.tolist() and len(keep) == 10
+    np.testing.assert_array_equal(cache.forces_ref, frames.forces[keep])
+    np.testing.assert_array_equal(cache.positions, frames.positions[keep])
+    np.testing.assert_array_equal(cache.split, [0] * 6 + [1] * 2 + [2] * 2)
+    assert cache.anchors == ("short", "short") and cache.n_frames == 10

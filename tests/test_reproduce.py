@@ -12,7 +12,7 @@ import pytest
 
 import scalepool.data
 from scalepool.studies import BranchPlan, Pipeline, ReproduceConfig, make_config, reproduce
-from scalepool.studies._reproduce import STATE, ParallelStage
+from scalepool.studies._pipeline import STATE, ParallelStage
 from scalepool.testing._systems import random_frames
 
 SMALL = {"n_features": 4, "n_interactions": 1, "n_rbf": 4, "cutoff": 3.0}

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from scalepool.data import keys as K
 from scalepool.data import PredictionCache, PredictionCacheError
+from scalepool.data import keys as K
 from scalepool.scales import (
     CachedGenerator,
     FunctionGenerator,

@@ -118,7 +118,9 @@ def test_history_json_roundtrip_and_plot(four_scales, tmp_path):
     path = history.save(tmp_path / "h.json")
     loaded = RefinementHistory.load(path)
     assert loaded == history and loaded.final_pool.scales == (0.0, 0.25, 0.5, 1.0)
-    ax = loaded.plot()
+    from scalepool.plots import draw_refinement_history
+
+    ax = draw_refinement_history(loaded)
     assert len(ax.collections) == sum(len(r.pool) + len(r.pruned) for r in history.rounds)
     assert "upper bound" in ax.figure.axes[1].get_legend().get_texts()[0].get_text()
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from scalepool.data import PredictionCache
 from scalepool.data import keys as K
 from scalepool.scales import (
     ContinuousRouter,
     HardRouter,
     LeakageError,
-    PredictionCache,
     RoutingProblem,
     ScalePool,
     atom_features,

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 from scalepool.data import PredictionCache
-
-from scalepool.scales import synthetic_cache
 from scalepool.provenance import file_sha256, is_complete, read_provenance
+from scalepool.scales import synthetic_cache
 from scalepool.studies import STUDIES, run_study, study_main
 from scalepool.units import EV_TO_MEV
 
 REPO = Path(__file__).resolve().parents[1]
+#: studies that read prediction caches (the Hessian study reads a dataset and runs; its own tests)
+CACHE_STUDIES = [name for name, study in STUDIES.items() if study.inputs == "pred"]
 #: Options that keep every study to about a second on the tiny caches.
 TINY = {
     "oracle_table": {"router_steps": 20, "soft_steps": 10, "points": 300},
@@ -63,14 +64,14 @@ def caches(tmp_path_factory):
 def results(caches, tmp_path_factory):
     """Every study run once on the two plain caches (the swap study on the MuSE one)."""
     root = tmp_path_factory.mktemp("results")
-    for name in STUDIES:
+    for name in CACHE_STUDIES:
         preds = caches[2:] if name == "generator_swap" else caches[:2]
         run_study(name, preds, root / name, seeds=(0, 1), **TINY.get(name, {}))
     return root
 
 
 def test_every_study_writes_provenance(results, caches):
-    for name in STUDIES:
+    for name in CACHE_STUDIES:
         record = read_provenance(results / name)
         assert record is not None, name
         assert record["study"] == name and record["seeds"] == [0, 1]
@@ -192,7 +193,7 @@ def test_scripts_write_only_their_results_folder(caches, tmp_path, monkeypatch, 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    for name in STUDIES:
+    for name in CACHE_STUDIES:
         script = REPO / "studies" / f"{name}.py"
         out = tmp_path / "results" / name
         options = []
@@ -220,4 +221,4 @@ def test_script_runs_alone_in_a_subprocess(caches, tmp_path, capsys):
     assert "wrote" in result.stdout and is_complete(out)
     # a missing input is a clean error (exit code 2 and a message), not a traceback
     code = study_main("routers", ["--pred", str(tmp_path / "none.npz"), "--out", str(tmp_path / "r")])
-    assert code == 2 and "prediction cache not found" in capsys.readouterr().out
+    assert code == 2 and "prediction cache not found" in capsys.readouterr().err

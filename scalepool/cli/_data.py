@@ -67,8 +67,7 @@ def register(commands) -> None:
 
 
 def _nacl(args: argparse.Namespace) -> int:
-    from ..data import generate_nacl
-    from ..data._nacl_checkpoint import CheckpointInUse
+    from ..data import CheckpointInUse, generate_nacl
 
     options = {}
     if args.stride_ps is not None:
@@ -106,7 +105,7 @@ def _nacl(args: argparse.Namespace) -> int:
 
 
 def _print_info(frames, as_json: bool = False) -> int:
-    from ..data._summary import force_statistics, format_summary, summarize
+    from ..data import force_statistics, format_summary, summarize
 
     summary = summarize(frames)
     stats = force_statistics(frames)

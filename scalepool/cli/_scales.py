@@ -55,30 +55,11 @@ def register(commands) -> None:
     table.set_defaults(func=_table)
 
 
-def format_table(df) -> str:
-    """Mean ± std per metric (std only with several seeds), meV/Å."""
-    lines = []
-    several = int(df["n_seeds"].max()) > 1
-    header = f"{'method':<42}{'overall':>18}{'close contact':>18}{'ions':>18}{'gain rec.':>11}"
-    lines += [f"MAE on the test split, meV/Å ({int(df['n_seeds'].max())} seed(s))", header, "-" * len(header)]
-    for row in df.itertuples(index=False):
-        cells = []
-        for name in ("overall_mae", "close_contact_mae", "ion_mae"):
-            value, std = getattr(row, name), getattr(row, f"{name}_std")
-            cells.append(f"{value:.2f} ± {std:.2f}" if several else f"{value:.2f}")
-        lines.append(
-            f"{row.method:<42}" + "".join(f"{c:>18}" for c in cells) + f"{row.gain_recovered:>11.3f}"
-        )
-        if row.detail:
-            lines.append(f"{'':<4}{row.detail}")
-    return "\n".join(lines)
-
-
 def _table(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import PredictionCache
-    from ..scales._table import scale_table
+    from ..scales import format_table, scale_table
 
     if args.threads:
         torch.set_num_threads(args.threads)

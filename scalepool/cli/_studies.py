@@ -10,6 +10,7 @@ from pathlib import Path
 
 def register(commands) -> None:
     _register_search(commands)
+    _register_study(commands)
     figures = commands.add_parser(
         "figures",
         help="draw every figure whose study results exist (PNG and PDF)",
@@ -64,6 +65,29 @@ def register(commands) -> None:
     reproduce.add_argument("--force", nargs="+", default=(), metavar="STAGE", help="redo these stages")
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
     reproduce.set_defaults(func=_reproduce)
+
+
+def _register_study(commands) -> None:
+    from ..studies import STUDIES, add_study_arguments
+
+    study = commands.add_parser(
+        "study",
+        help="run one study (tables with provenance into --out); 'scalepool study NAME --help'",
+        description="Run one registered study. Each reads prediction caches (--pred) or a dataset and runs "
+        "(--data --run), writes CSV/JSON tables into --out and closes it with provenance.json. "
+        "studies/NAME.py is the same command.",
+    )
+    names = study.add_subparsers(dest="study_name", metavar="NAME", required=True)
+    for name, entry in STUDIES.items():
+        sub = names.add_parser(name, help=entry.description.split(";")[0], description=entry.description)
+        add_study_arguments(sub, entry)
+        sub.set_defaults(func=_study)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from ..studies import STUDIES, run_study_from_args
+
+    return run_study_from_args(STUDIES[args.study_name], args)
 
 
 def _register_search(commands) -> None:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..models import BRANCHES
+
 
 def _fractions(text: str) -> tuple[float, float, float]:
     try:
@@ -39,7 +41,7 @@ def register(commands) -> None:
         "config.json. Repeating the command on an interrupted RUN resumes it exactly where it stopped; "
         "different settings or another dataset are refused.",
     )
-    train.add_argument("--branch", required=True, choices=["short", "long", "muse"], help="which branch to build")
+    train.add_argument("--branch", required=True, choices=list(BRANCHES), help="which branch to build: " + "; ".join(f"{b.name}: {b.description}" for b in BRANCHES.values()))
     train.add_argument("--data", required=True, type=Path, help="dataset .npz (scalepool data nacl)")
     train.add_argument("--out", required=True, type=Path, help="run directory (created or resumed)")
     train.add_argument("--epochs", type=int, default=100, help="total epochs of the run (default 100)")
@@ -214,16 +216,16 @@ def _test_table(path, frames):
     """Test-split errors of each branch and of the constant baseline, with close-contact rows."""
     import numpy as np
 
-    from ..data import keys as K
-    from ..metrics import cache_errors, load_cache
+    from ..data import PredictionCache
+    from ..metrics import cache_errors
 
-    cache = load_cache(path)
+    cache = PredictionCache.load(path)
     nearest = None
     try:
         from ..data import frameset_descriptors
     except ImportError:  # descriptors not available: no close-contact rows
         frameset_descriptors = None
     if frameset_descriptors is not None:
-        test = np.flatnonzero(cache[K.SPLIT] == K.SPLIT_CODES["test"])
+        test = np.asarray(cache.meta["frame_index"])[cache.frames("test")]
         nearest = frameset_descriptors(frames[test])["nearest_ion"]
     return cache_errors(cache, "test", nearest_ion=nearest)

@@ -13,11 +13,13 @@ from ._descriptors import (
 )
 from ._frameset import DatasetError, FrameSet, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
+from ._nacl_checkpoint import CheckpointInUse
 from ._prediction_cache import PredictionCache, PredictionCacheError, split_code
+from ._summary import force_statistics, format_summary, summarize
 
 # The testbed generator needs OpenMM; load it on first use so that models,
 # training and the scale layer import (and run, e.g. on a GPU node) without it.
-_OPENMM_NAMES = ("build_nacl_system", "generate_nacl", "openmm_reference_forces")
+_OPENMM_NAMES = ("build_nacl_system", "generate_nacl", "openmm_force_function", "openmm_reference_forces")
 
 
 def __getattr__(name: str):
@@ -45,7 +47,12 @@ __all__ = [
     "minimum_image_vectors",
     "nearest_counterion_distance",
     "nearest_ion_distance",
+    "openmm_force_function",
     "openmm_reference_forces",
+    "CheckpointInUse",
+    "force_statistics",
+    "format_summary",
+    "summarize",
     "read_frames",
     "split_code",
     "time_block_split",

@@ -1,6 +1,6 @@
 """Field names shared by the dataset file, FrameSet and the prediction cache.
 
-Each name is the key of one array in the ``.npz`` contract of ``DESIGN.md``; the
+Each name is the key of one array in the ``.npz`` contract (README, "Dataset file"); the
 comment gives its shape and unit.  Other code imports these names instead of
 spelling the strings, so a rename happens here once.
 """

@@ -430,19 +430,36 @@ def openmm_reference_forces(
     all float64.  ``platform`` is 'CPU' (the generator's) or 'Reference'
     (double precision, slow, an independent implementation).
     """
+    context = _frame_context(frameset, frame, platform, threads)
+    omm.set_frame(context, frameset.positions[frame], frameset.cell[frame])
+    return omm.evaluate(context)
+
+
+def openmm_force_function(frameset: FrameSet, frame: int, *, platform: str = "Reference", threads: int | None = 1):
+    """A callable ``positions (N, 3) Å -> forces (N, 3) eV/Å`` (float64): the OpenMM total
+    force of the dataset's system in ``frame``'s cell, for finite differences (Hessians)."""
+    context = _frame_context(frameset, frame, platform, threads if platform == "CPU" else None)
+    cell = frameset.cell[frame]
+
+    def forces(positions: np.ndarray) -> np.ndarray:
+        omm.set_frame(context, positions, cell)
+        return omm.evaluate(context)["forces"]
+
+    return forces
+
+
+def _frame_context(frameset: FrameSet, frame: int, platform: str, threads: int | None) -> openmm.Context:
+    """A fresh OpenMM context of ``frameset``'s system in ``frame``'s cell (parameters from ``meta``)."""
     if frameset.cell is None:
-        raise ValueError("openmm_reference_forces needs a periodic dataset (cell is None)")
+        raise ValueError("OpenMM reference forces need a periodic dataset (cell is None)")
     if not -frameset.n_frames <= frame < frameset.n_frames:
         raise IndexError(f"frame {frame} out of range for {frameset.n_frames} frames")
     params = frameset.meta.get("parameters", {})
     nonbonded = frameset.meta.get("nonbonded", {})
-    topology = omm.topology_from_numbers(frameset.numbers, frameset.cell[frame])
     system = omm.create_system(
-        topology,
+        omm.topology_from_numbers(frameset.numbers, frameset.cell[frame]),
         rigid_water=bool(params.get("rigid_water", True)),
         cutoff_nm=float(nonbonded.get("cutoff_nm", CUTOFF_NM)),
         ewald_error_tolerance=float(nonbonded.get("ewald_error_tolerance", EWALD_ERROR_TOLERANCE)),
     )
-    context = omm.make_context(system, openmm.VerletIntegrator(1e-3), platform=platform, threads=threads)
-    omm.set_frame(context, frameset.positions[frame], frameset.cell[frame])
-    return omm.evaluate(context)
+    return omm.make_context(system, openmm.VerletIntegrator(1e-3), platform=platform, threads=threads)

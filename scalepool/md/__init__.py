@@ -1,5 +1,36 @@
-"""Molecular-dynamics helpers for ASE runs of scalepool models: vectorised bond constraints."""
+"""Running and analysing trained models: the ASE calculator, vectorised bond constraints
+for MD, and Hessians (exact model Hessians, finite differences, spectra, block errors)."""
 
+from ._calculator import ScalepoolCalculator
 from ._constraints import RigidBonds, bond_layers, rigid_water_pairs
+from ._hessian import (
+    EV_PER_A2_AMU_TO_WAVENUMBER,
+    MASSES,
+    atom_groups,
+    block_errors,
+    constraint_tangent_basis,
+    finite_difference_hessian,
+    model_hessian,
+    select_around_ion_pair,
+    spectrum,
+    symmetrize,
+    water_molecules,
+)
 
-__all__ = ["RigidBonds", "bond_layers", "rigid_water_pairs"]
+__all__ = [
+    "EV_PER_A2_AMU_TO_WAVENUMBER",
+    "MASSES",
+    "RigidBonds",
+    "ScalepoolCalculator",
+    "atom_groups",
+    "block_errors",
+    "bond_layers",
+    "constraint_tangent_basis",
+    "finite_difference_hessian",
+    "model_hessian",
+    "rigid_water_pairs",
+    "select_around_ion_pair",
+    "spectrum",
+    "symmetrize",
+    "water_molecules",
+]

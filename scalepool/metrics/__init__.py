@@ -1,6 +1,6 @@
 """Metrics: force error tables (overall, per species, ions, close contact) and baselines."""
 
-from ._cache import cache_errors, load_cache
+from ._cache import cache_errors
 from ._forces import MAE, N_ATOMS, N_COMPONENTS, RMSE, constant_force_baseline, element_symbol, force_errors
 
 __all__ = [
@@ -12,5 +12,4 @@ __all__ = [
     "constant_force_baseline",
     "element_symbol",
     "force_errors",
-    "load_cache",
 ]

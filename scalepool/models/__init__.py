@@ -1,4 +1,5 @@
-"""Force models: backbones (PaiNN, SchNet), branches (short, long-range), batches.
+"""Force models: backbones (PaiNN, SchNet), branches (the :data:`BRANCHES` catalogue),
+MuSE pooling, the deployable mixed model, batches and model files.
 
 Every model is a :class:`ForceModel`: ``model(batch)`` returns
 ``{"energy": (n_frames,) eV, "forces": (n_atoms, 3) eV/Å,
@@ -22,7 +23,16 @@ from ._base import (
     save_model,
 )
 from ._batch import AtomsBatch
-from ._branches import BACKBONES, LONG_CUTOFF, SHORT_CUTOFF, LongRangeBranch, ShortRangeBranch, build_branch
+from ._branches import BACKBONES, LONG_CUTOFF, SHORT_CUTOFF, LongRangeBranch, ShortRangeBranch
+from ._catalogue import (
+    BRANCHES,
+    Branch,
+    branch_name,
+    build_branch,
+    build_long_branch,
+    build_muse_branch,
+    build_short_branch,
+)
 from ._edge_ops import (
     gather_dot_features,
     gather_dot_vector,
@@ -31,7 +41,8 @@ from ._edge_ops import (
     outer_scatter,
 )
 from ._electrostatics import TESTBED_CHARGES, LatentChargeEwald
-from ._muse import MuSE, build_muse_branch
+from ._mixed import DEFAULT_SPECIES, ROUTER_RADII, MixedForceModel, router_mlp, smooth_router_features
+from ._muse import MuSE
 from ._painn import PaiNN
 from ._pooling import SoftAssignment, SoftCoarseGraining
 from ._radial import bessel_basis, cosine_cutoff, gaussian_basis, polynomial_cutoff
@@ -41,6 +52,16 @@ from ._schnet import SchNet
 __all__ = [
     "AGGREGATIONS",
     "BACKBONES",
+    "BRANCHES",
+    "DEFAULT_SPECIES",
+    "ROUTER_RADII",
+    "Branch",
+    "MixedForceModel",
+    "branch_name",
+    "build_long_branch",
+    "build_short_branch",
+    "router_mlp",
+    "smooth_router_features",
     "HAS_TORCH_SCATTER",
     "LONG_CUTOFF",
     "MODEL_REGISTRY",

@@ -12,7 +12,6 @@ the scale layer and the training loop treat them alike.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -113,34 +112,3 @@ class LongRangeBranch(_Branch):
     def charges(self, batch: AtomsBatch) -> torch.Tensor:
         """Neutral per-atom charges (n_atoms,), e, as the head uses them."""
         return self.electrostatics.charges(batch, self.embed(batch).scalar)
-
-
-_ELECTROSTATICS_KEYS = set(inspect.signature(LatentChargeEwald).parameters) - {"n_features"}
-
-
-def build_branch(kind: str, **overrides) -> ForceModel:
-    """``"short"`` or ``"long"`` branch with the default settings, updated by ``overrides``.
-
-    Keys that name a :class:`LatentChargeEwald` argument (``fixed_charges``,
-    ``method``, ``smearing``, ``mesh_spacing``, ...) go to the long branch's
-    electrostatics head; the rest to the branch and its backbone
-    (``cutoff``, ``backbone``, ``n_features``, ``n_interactions``, ...).
-
-    >>> build_branch("long", n_features=16, fixed_charges=True).cutoff
-    6.0
-    """
-    if kind == "short":
-        bad = _ELECTROSTATICS_KEYS & set(overrides)
-        if bad:
-            raise ValueError(f"the short branch has no electrostatics; got {sorted(bad)}")
-        return ShortRangeBranch(**overrides)
-    if kind == "long":
-        electrostatics = dict(overrides.pop("electrostatics", None) or {})
-        for key in _ELECTROSTATICS_KEYS & set(overrides):
-            electrostatics[key] = overrides.pop(key)
-        return LongRangeBranch(electrostatics=electrostatics, **overrides)
-    if kind == "muse":
-        from ._muse import build_muse_branch
-
-        return build_muse_branch(**overrides)
-    raise ValueError(f"branch kind must be 'short', 'long' or 'muse', got {kind!r}")

@@ -23,7 +23,7 @@ the unpooling that could turn returned vectors into energy (a vector map
 there would receive no gradient).  Coarse vectors still matter inside each
 level, where the PaiNN-style update turns them into node scalars.
 
-As a scale generator (``DESIGN.md``): s = 0 is the atomistic backbone and
+As a scale generator (``docs/architecture.md``): s = 0 is the atomistic backbone and
 s = 1 the backbone with its hierarchy.  In a prediction cache the anchors are
 the bare backbone run (``forces_short`` from ``scalepool train --branch
 short``) and this model's run (``forces_muse``): ``scalepool predict --run
@@ -312,42 +312,3 @@ class MuSE(ForceModel):
             assignment, points, s, v = level.down(points, s, v)
             out.append(assignment)
         return out
-
-
-_MUSE_ARGUMENTS = (
-    "n_levels",
-    "coarse_cutoff",
-    "anchor_species",
-    "sigma",
-    "assign_cutoff",
-    "n_coarse_features",
-    "n_coarse_interactions",
-    "learnable_assignment",
-    "feature_score",
-)
-
-
-def build_muse_branch(**overrides: Any) -> MuSE:
-    """The ``muse`` branch: MuSE around the short-range branch (``scalepool train --branch muse``).
-
-    The default backbone is exactly ``build_branch("short")`` (PaiNN at 4.5 Å),
-    so the MuSE generator's anchors are s = 0, the bare short branch, and
-    s = 1, the same architecture with its coarse hierarchy.
-
-    Overrides named like a :class:`MuSE` argument go to the wrapper
-    (``coarse_cutoff=10``, ``n_levels=2``; ``coarse_n_rbf`` sets its
-    ``n_rbf``); ``backbone_config`` gives a whole backbone config dict
-    (any registered model); every other key goes to the short branch
-    (``cutoff``, ``backbone="schnet"``, ``n_features``, ``n_interactions``, ...).
-    """
-    from ._branches import ShortRangeBranch  # not at import time: _branches may import this module
-
-    wrapper = {key: overrides.pop(key) for key in list(overrides) if key in _MUSE_ARGUMENTS}
-    if "coarse_n_rbf" in overrides:
-        wrapper["n_rbf"] = overrides.pop("coarse_n_rbf")
-    config = overrides.pop("backbone_config", None)
-    if config is not None:
-        if overrides:
-            raise ValueError(f"backbone_config given; also got backbone options {sorted(overrides)}")
-        return MuSE(build_model(dict(config)), **wrapper)
-    return MuSE(ShortRangeBranch(**overrides), **wrapper)

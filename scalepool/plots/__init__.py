@@ -6,6 +6,7 @@
 """
 
 from ._make import FIGURES, KEY_FIGURES, copy_figures, make_figures
+from ._scale_figures import draw_refinement_history
 from ._style import COLORS, FORMATS, STYLE, save, use_style
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "KEY_FIGURES",
     "STYLE",
     "copy_figures",
+    "draw_refinement_history",
     "make_figures",
     "save",
     "use_style",

@@ -12,13 +12,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..models import BRANCHES  # noqa: E402
+
 STYLE = Path(__file__).resolve().parent / "scalepool.mplstyle"
 FORMATS = ("png", "pdf")
 #: Colours of the recurring curves: anchors, mixtures, oracles (upper bounds), routers.
 COLORS = {
-    "short": "#0072B2",
-    "long": "#D55E00",
-    "muse": "#CC79A7",
+    **{name: branch.color for name, branch in BRANCHES.items()},
     "mixture": "#009E73",
     "oracle": "0.35",
     "router": "#E69F00",

@@ -8,7 +8,6 @@ the train split only and are what a user can deploy.
 """
 
 
-from ._calculator import ScalepoolCalculator
 from ._differentiable import SoftPoolRouter, fit_pool_scales, sample_losses_torch
 from ._features import FEATURE_RADII, atom_features
 from ._generator import (
@@ -20,13 +19,7 @@ from ._generator import (
     interpolate,
 )
 from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion, nearest_ion_distances
-from ._mixed import (
-    DEFAULT_SPECIES,
-    MixedForceModel,
-    cache_router_features,
-    fit_router,
-    smooth_router_features,
-)
+from ._mixed_fit import cache_router_features, fit_router
 from ._oracle import (
     LOSSES,
     hard_route,
@@ -40,15 +33,11 @@ from ._problem import RoutingProblem
 from ._routers import ContinuousRouter, HardRouter, LeakageError
 from ._samples import GRANULARITIES, SampleGroups, sample_groups
 from ._synthetic import synthetic_cache
-from ._table import METRICS, evaluate_cache, scale_table
+from ._table import METRICS, evaluate_cache, format_table, scale_table
 
 __all__ = [
-    "DEFAULT_SPECIES",
-    "MixedForceModel",
-    "ScalepoolCalculator",
     "cache_router_features",
     "fit_router",
-    "smooth_router_features",
     "FEATURE_RADII",
     "GRANULARITIES",
     "LOSSES",
@@ -70,6 +59,7 @@ __all__ = [
     "atom_ion_distances",
     "broadcast_scales",
     "evaluate_cache",
+    "format_table",
     "fit_pool_scales",
     "hard_route",
     "interpolate",

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import PredictionCache
+from ..models import ROUTER_RADII
 from ._geometry import atom_ion_distances, ion_counts, ion_mask
 
-FEATURE_RADII = (3.5, 5.0, 7.0)
+FEATURE_RADII = ROUTER_RADII
 
 
 def atom_features(

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..data import PredictionCache
-from ..data._keys import SPLIT_CODES
+from ..data import keys as K
+from ..models import router_mlp
 from ._features import FEATURE_RADII, atom_features
 from ._oracle import check_loss
 from ._pool import ScalePool
@@ -28,16 +29,6 @@ from ._samples import GRANULARITIES, sample_groups
 
 class LeakageError(ValueError):
     """A router was given frames outside the train split to fit on."""
-
-
-def _mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Module:
-    if hidden <= 0 or layers <= 0:
-        return nn.Linear(n_in, n_out)
-    mods, width = [], n_in
-    for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    return nn.Sequential(*mods, nn.Linear(width, n_out))
 
 
 class _Router(nn.Module):
@@ -98,9 +89,9 @@ class _Router(nn.Module):
         """Raise :class:`LeakageError` unless every frame is a labelled train frame."""
         if not isinstance(cache, PredictionCache):
             raise TypeError(f"routers fit on a PredictionCache, got {type(cache).__name__}")
-        bad = sorted(set(np.unique(cache.split).tolist()) - {SPLIT_CODES["train"]})
+        bad = sorted(set(np.unique(cache.split).tolist()) - {K.SPLIT_CODES["train"]})
         if bad:
-            names = [k for k, v in SPLIT_CODES.items() if v in bad]
+            names = [k for k, v in K.SPLIT_CODES.items() if v in bad]
             raise LeakageError(
                 f"routers are fitted on the train split only; got frames of split(s) {names}: "
                 "pass cache.select('train')"
@@ -118,7 +109,7 @@ class _Router(nn.Module):
         problem = RoutingProblem(train, split="train", granularity=self.granularity, loss=self.loss)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.net = _mlp(x.shape[1], self.hidden, self.n_outputs, self.layers)
+            self.net = router_mlp(x.shape[1], self.hidden, self.n_outputs, self.layers)
         self.net.to(dtype=torch.float32, device=self.device)
         n_items, batch_loss = self._objective(problem, self._standardise(x))
         generator = torch.Generator().manual_seed(self.seed)

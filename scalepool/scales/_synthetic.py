@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import PredictionCache, time_block_split
-from ..data._keys import SPLIT_CODES
+from ..data import keys as K
 from ..units import CHLORINE, HYDROGEN, OXYGEN, SODIUM
 from ._geometry import nearest_ion
 from ._samples import sample_groups
@@ -82,7 +82,7 @@ def synthetic_cache(
 
     split = np.full(n_frames, -1, dtype=np.int64)
     for name, index in time_block_split(n_frames, fractions).items():
-        split[index] = SPLIT_CODES[name]
+        split[index] = K.SPLIT_CODES[name]
     cache = PredictionCache(
         forces_ref=forces_ref,
         branches={"short": f0, "long": f1},

@@ -82,21 +82,13 @@ def suggest(trial: optuna.Trial, space: dict[str, tuple]) -> dict:
 
 
 def build_any_branch(branch: str, **params):
-    """:func:`scalepool.models.build_branch`, with ``"muse"`` built by ``build_muse_branch``
-    when ``build_branch`` does not know it, and ``coarse_nodes`` translated to
+    """:func:`scalepool.models.build_branch`, with ``coarse_nodes`` translated to
     ``anchor_species`` (:data:`COARSE_NODES`)."""
     from .. import models
 
     if "coarse_nodes" in params:
         params["anchor_species"] = COARSE_NODES[params.pop("coarse_nodes")]
-    try:
-        return models.build_branch(branch, **params)
-    except ValueError:
-        if branch != "muse":
-            raise
-    from ..models._muse import build_muse_branch
-
-    return build_muse_branch(**params)
+    return models.build_branch(branch, **params)
 
 
 class ModelSearch:
@@ -184,8 +176,8 @@ class ModelSearch:
 
     def save_best(self, study: optuna.Study) -> dict:
         """Copy the best trial's run to ``out/best`` and score its model on the test split."""
+        from ..models import load_model
         from ..train import evaluate_forces
-        from ..train._model_io import load_model
 
         best = study.best_trial
         source = Path(best.user_attrs["run_dir"])

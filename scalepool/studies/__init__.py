@@ -18,20 +18,25 @@ study                  what it writes
 =====================  =====================================================
 """
 
-from . import _all  # noqa: F401  (registers the studies)
-from ._registry import STUDIES, Option, Study, run_study, study_main
-from ._reproduce import Pipeline, reproduce
+from ._pipeline import ParallelStage, Pipeline, stage_key
+from ._registry import STUDIES, add_study_arguments, run_study, run_study_from_args, study_main
+from ._reproduce import reproduce
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
+from ._study import Option, Study
 
 __all__ = [
     "STUDIES",
     "BranchPlan",
     "Option",
+    "ParallelStage",
     "Pipeline",
     "ReproduceConfig",
     "Study",
+    "add_study_arguments",
     "make_config",
     "reproduce",
     "run_study",
+    "run_study_from_args",
+    "stage_key",
     "study_main",
 ]

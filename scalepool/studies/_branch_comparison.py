@@ -23,7 +23,7 @@ import pandas as pd
 from ..metrics import MAE, N_ATOMS, RMSE, constant_force_baseline, element_symbol, force_errors
 from ..units import EV_TO_MEV
 from ._common import SplitView, binned, mean_std, open_study, subsample
-from ._registry import Option, Study, register
+from ._study import Option, Study
 
 NAME = "branch_comparison"
 SPLITS = ("val", "test")
@@ -133,13 +133,11 @@ def _parity(view: SplitView, limit: int) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-STUDY = register(
-    Study(
-        name=NAME,
-        description="Per-branch force errors (meV/Å): overall, ions, close contact (nearest-ion distance "
-        "< 6 Å), per species, beside a constant per-species baseline; error vs nearest-ion distance; "
-        "parity data; branch complementarity.",
-        run=run,
-        options={"parity_points": Option(int, 3000, 1500, "atoms per branch in the parity data")},
-    )
+STUDY = Study(
+    name=NAME,
+    description="Per-branch force errors (meV/Å): overall, ions, close contact (nearest-ion distance "
+    "< 6 Å), per species, beside a constant per-species baseline; error vs nearest-ion distance; "
+    "parity data; branch complementarity.",
+    run=run,
+    options={"parity_points": Option(int, 3000, 1500, "atoms per branch in the parity data")},
 )

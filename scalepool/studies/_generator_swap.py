@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..scales import scale_table
 from ._common import SplitView, global_s_curve, mean_std, open_study
-from ._registry import Option, Study, register
+from ._study import Option, Study
 
 NAME = "generator_swap"
 
@@ -91,22 +91,20 @@ def run(
     return results.path
 
 
-STUDY = register(
-    Study(
-        name=NAME,
-        description="Repeat the scale table, global-s curve and pool refinement with the MuSE generator "
-        "(anchors short -> muse) beside the cutoff generator (short -> long); skipped with a message when "
-        "no cache holds forces_muse.",
-        run=run,
-        options={
-            "generator": Option(str, "muse", None, "branch at s=1 of the swapped generator"),
-            "base": Option(str, "short", None, "branch at s=0"),
-            "cutoff_anchor": Option(str, "long", None, "s=1 branch of the cutoff generator compared against"),
-            "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-            "loss": Option(str, "mae", None, "loss", ("mae", "mse")),
-            "tol": Option(float, 1e-3, None, "pool refinement tolerance"),
-            "router_steps": Option(int, 300, 120, "optimiser steps per learned router"),
-            "soft_steps": Option(int, 150, 60, "steps of the differentiable pool update"),
-        },
-    )
+STUDY = Study(
+    name=NAME,
+    description="Repeat the scale table, global-s curve and pool refinement with the MuSE generator "
+    "(anchors short -> muse) beside the cutoff generator (short -> long); skipped with a message when "
+    "no cache holds forces_muse.",
+    run=run,
+    options={
+        "generator": Option(str, "muse", None, "branch at s=1 of the swapped generator"),
+        "base": Option(str, "short", None, "branch at s=0"),
+        "cutoff_anchor": Option(str, "long", None, "s=1 branch of the cutoff generator compared against"),
+        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
+        "loss": Option(str, "mae", None, "loss", ("mae", "mse")),
+        "tol": Option(float, 1e-3, None, "pool refinement tolerance"),
+        "router_steps": Option(int, 300, 120, "optimiser steps per learned router"),
+        "soft_steps": Option(int, 150, 60, "steps of the differentiable pool update"),
+    },
 )

@@ -37,10 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import FrameSet
-from ..models import AtomsBatch
-from ..models._base import load_model
-from ..models._hessian import (
+from ..data import FrameSet, openmm_force_function
+from ..md import (
     MASSES,
     block_errors,
     constraint_tangent_basis,
@@ -51,44 +49,11 @@ from ..models._hessian import (
     symmetrize,
     water_molecules,
 )
-from ..models._muse import MuSE  # noqa: F401  (registers MuSE for load_model)
+from ..models import AtomsBatch, load_model
 from ..provenance import ResultsDir, is_complete
+from ._study import Option, Study
 
 NAME = "hessian"
-
-
-def openmm_forces(frames: FrameSet, frame: int, platform: str = "Reference", threads: int | None = 1):
-    """A callable ``(N, 3) Å -> (N, 3) eV/Å``: OpenMM total force of the dataset's system at ``frame``'s cell."""
-    import openmm
-    import openmm.unit as unit
-
-    from ..data import _nacl
-    from ..data import _openmm as omm
-    from ..units import KJ_PER_MOL_NM_TO_EV_PER_ANGSTROM
-
-    params, nonbonded = frames.meta.get("parameters", {}), frames.meta.get("nonbonded", {})
-    system = omm.create_system(
-        omm.topology_from_numbers(frames.numbers, frames.cell[frame]),
-        rigid_water=bool(params.get("rigid_water", True)),
-        cutoff_nm=float(nonbonded.get("cutoff_nm", _nacl.CUTOFF_NM)),
-        ewald_error_tolerance=float(nonbonded.get("ewald_error_tolerance", _nacl.EWALD_ERROR_TOLERANCE)),
-    )
-    context = omm.make_context(
-        system,
-        openmm.VerletIntegrator(1e-3),
-        platform=platform,
-        threads=threads if platform == "CPU" else None,
-    )
-    cell = frames.cell[frame]
-
-    def forces(positions: np.ndarray) -> np.ndarray:
-        omm.set_frame(context, positions, cell)
-        kj_nm = context.getState(getForces=True).getForces(asNumpy=True)
-        return np.asarray(kj_nm.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)) * (
-            KJ_PER_MOL_NM_TO_EV_PER_ANGSTROM
-        )
-
-    return forces
 
 
 def _load_run(path: Path) -> tuple[str, torch.nn.Module]:
@@ -131,7 +96,7 @@ def compute(
     project = (lambda h: basis @ (basis.T @ h @ basis) @ basis.T) if rigid else (lambda h: h)
 
     t0 = time.perf_counter()
-    raw = finite_difference_hessian(openmm_forces(frames, frame, platform), positions, atoms, step, False)
+    raw = finite_difference_hessian(openmm_force_function(frames, frame, platform=platform), positions, atoms, step, False)
     timings = {"reference_s": time.perf_counter() - t0}
     asymmetry = {"reference": float(np.abs(raw - raw.T).max())}
     jumps = int((np.abs(raw - raw.T) > 1e-3).sum())  # elements hit by a cutoff crossing (module docstring)
@@ -224,3 +189,24 @@ def summary_lines(summary: dict) -> list[str]:
             f"wavenumber MAE {info['wavenumber_mae']:.0f} cm^-1; block RMSE (eV/Å^2): {blocks}"
         )
     return lines
+
+
+def _run_study(inputs, out, *, seeds=(), device="cpu", parameters=None, **options) -> Path:
+    """:class:`Study` entry point: ``inputs = (data, runs)``; seeds are unused (no randomness)."""
+    data, runs = inputs
+    return run(data, runs, out, device=device, **options)[0]
+
+
+STUDY = Study(
+    name=NAME,
+    description="Hessians of trained models against OpenMM finite differences around the closest ion pair: "
+    "eigenvalue and wavenumber spectra, block RMSE (ion-ion, ion-water, water-water).",
+    run=_run_study,
+    options={
+        "frame": Option(int, -1, help="frame index (default: the last, a test frame)"),
+        "n_atoms": Option(int, 30, help="selection size: ion pair + whole waters"),
+        "step": Option(float, 1e-3, help="finite-difference step, Å"),
+        "platform": Option(str, "Reference", help="OpenMM platform", choices=("Reference", "CPU")),
+    },
+    inputs="runs",
+)

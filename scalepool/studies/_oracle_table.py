@@ -27,19 +27,12 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import element_symbol
-from ..scales import RoutingProblem, scale_table
+from ..scales import RoutingProblem, format_table, scale_table
 from ._common import SplitView, binned, global_s_curve, mean_std, open_study, subsample
-from ._registry import Option, Study, register
+from ._study import Option, Study
 
 NAME = "oracle_table"
 UPPER = "(upper bound)"
-
-
-def format_table(table: pd.DataFrame) -> str:
-    """The table as aligned text, mean ± std with several caches."""
-    from ..cli._scales import format_table as _format
-
-    return _format(table)
 
 
 def gains(table: pd.DataFrame) -> pd.DataFrame:
@@ -145,22 +138,20 @@ def _oracle_scales(cache, loss: str) -> pd.DataFrame:
     return table[np.isfinite(table["nearest_ion_A"])]
 
 
-STUDY = register(
-    Study(
-        name=NAME,
-        description="The paper's table (test split, meV/Å): single branches, best global s, oracle hard "
-        "routing over {0,1}, continuous oracle interpolation, refined and soft-updated pool oracles (all "
-        "marked upper bound) and learned routers; MAE vs global s curves; the oracle's best s vs "
-        "nearest-ion distance.",
-        run=run,
-        options={
-            "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-            "loss": Option(str, "mae", None, "loss minimised by oracles and refinement", ("mae", "mse")),
-            "tol": Option(float, 1e-3, None, "relative gain needed to insert a scale"),
-            "max_size": Option(int, 16, None, "largest refined pool"),
-            "router_steps": Option(int, 300, 120, "optimiser steps per learned router"),
-            "soft_steps": Option(int, 150, 60, "steps of the differentiable pool update"),
-            "points": Option(int, 4000, 2000, "atoms kept in oracle_s_points.csv"),
-        },
-    )
+STUDY = Study(
+    name=NAME,
+    description="The paper's table (test split, meV/Å): single branches, best global s, oracle hard "
+    "routing over {0,1}, continuous oracle interpolation, refined and soft-updated pool oracles (all "
+    "marked upper bound) and learned routers; MAE vs global s curves; the oracle's best s vs "
+    "nearest-ion distance.",
+    run=run,
+    options={
+        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
+        "loss": Option(str, "mae", None, "loss minimised by oracles and refinement", ("mae", "mse")),
+        "tol": Option(float, 1e-3, None, "relative gain needed to insert a scale"),
+        "max_size": Option(int, 16, None, "largest refined pool"),
+        "router_steps": Option(int, 300, 120, "optimiser steps per learned router"),
+        "soft_steps": Option(int, 150, 60, "steps of the differentiable pool update"),
+        "points": Option(int, 4000, 2000, "atoms kept in oracle_s_points.csv"),
+    },
 )

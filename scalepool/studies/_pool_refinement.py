@@ -24,7 +24,7 @@ import pandas as pd
 from ..scales import RoutingProblem, ScalePool, refine_pool
 from ..units import EV_TO_MEV
 from ._common import SplitView, mean_std, open_study
-from ._registry import Option, Study, register
+from ._study import Option, Study
 
 NAME = "pool_refinement"
 PAPER_POOL = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -135,26 +135,24 @@ def run(
     return results.path
 
 
-STUDY = register(
-    Study(
-        name=NAME,
-        description="Scale-pool refinement from the anchors {0,1} on val; every round's pool scored by "
-        "oracle routing on test (upper bound), with the share of the hard-to-continuous oracle gap it "
-        "recovers; reference pools including the paper's.",
-        run=run,
-        options={
-            "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-            "loss": Option(str, "mae", None, "loss minimised by the refinement", ("mae", "mse")),
-            "tol": Option(float, 1e-3, None, "relative gain needed to insert a scale"),
-            "max_size": Option(int, 16, None, "largest pool"),
-            "max_rounds": Option(int, 12, None, "most refinement rounds"),
-            "proposals": Option(
-                str,
-                "midpoints",
-                None,
-                "candidate kinds joined by '+'",
-                ("midpoints", "quantiles", "midpoints+quantiles"),
-            ),
-        },
-    )
+STUDY = Study(
+    name=NAME,
+    description="Scale-pool refinement from the anchors {0,1} on val; every round's pool scored by "
+    "oracle routing on test (upper bound), with the share of the hard-to-continuous oracle gap it "
+    "recovers; reference pools including the paper's.",
+    run=run,
+    options={
+        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
+        "loss": Option(str, "mae", None, "loss minimised by the refinement", ("mae", "mse")),
+        "tol": Option(float, 1e-3, None, "relative gain needed to insert a scale"),
+        "max_size": Option(int, 16, None, "largest pool"),
+        "max_rounds": Option(int, 12, None, "most refinement rounds"),
+        "proposals": Option(
+            str,
+            "midpoints",
+            None,
+            "candidate kinds joined by '+'",
+            ("midpoints", "quantiles", "midpoints+quantiles"),
+        ),
+    },
 )

@@ -1,61 +1,40 @@
-"""The study registry and the command line shared by every ``studies/<name>.py`` script."""
+"""The study registry and the one command line of every study (``scalepool study NAME``,
+and the ``studies/<name>.py`` scripts over it)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..provenance import is_complete
+from . import (
+    _branch_comparison,
+    _generator_swap,
+    _hessian_study,
+    _oracle_table,
+    _pool_refinement,
+    _router_study,
+    _search_study,
+)
+from ._study import Study
 
-
-@dataclasses.dataclass(frozen=True)
-class Option:
-    """A study-specific setting: its type, full and quick defaults, help text."""
-
-    type: type
-    default: Any
-    quick: Any = None
-    help: str = ""
-    choices: tuple | None = None
-    nargs: str | None = None
-
-    def value(self, quick: bool) -> Any:
-        return self.quick if quick and self.quick is not None else self.default
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    """One study: ``run(preds, out, *, seeds, device, **options) -> results folder``.
-
-    ``parameters(options, seeds)`` is what the provenance records and what a
-    resumed pipeline compares before skipping the study.
-    """
-
-    name: str
-    description: str
-    run: Callable[..., Path]
-    options: dict[str, Option]
-    default_seeds: tuple[int, ...] = (0,)
-    quick_seeds: tuple[int, ...] | None = None
-
-    def defaults(self, quick: bool = False) -> dict[str, Any]:
-        return {key: option.value(quick) for key, option in self.options.items()}
-
-    def seeds(self, quick: bool = False) -> tuple[int, ...]:
-        return self.quick_seeds if quick and self.quick_seeds is not None else self.default_seeds
-
-
-#: name -> Study, filled by :func:`register`.
-STUDIES: dict[str, Study] = {}
-
-
-def register(study: Study) -> Study:
-    STUDIES[study.name] = study
-    return study
+#: name -> Study, in the order ``scalepool reproduce`` runs them (listed here, not
+#: registered by import side effects).
+STUDIES: dict[str, Study] = {
+    module.STUDY.name: module.STUDY
+    for module in (
+        _branch_comparison,
+        _oracle_table,
+        _pool_refinement,
+        _router_study,
+        _generator_swap,
+        _search_study,
+        _hessian_study,
+    )
+}
 
 
 def parameters(name: str, preds, options: dict, seeds, device: str) -> dict[str, Any]:
@@ -69,24 +48,37 @@ def parameters(name: str, preds, options: dict, seeds, device: str) -> dict[str,
 
 
 def build_parser(study: Study) -> argparse.ArgumentParser:
+    """The parser of ``studies/<name>.py`` (the same flags as ``scalepool study NAME``)."""
     parser = argparse.ArgumentParser(
         prog=f"studies/{study.name}.py",
         description=study.description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--pred",
-        required=True,
-        nargs="+",
-        type=Path,
-        metavar="PRED.npz",
-        help="prediction cache(s) of 'scalepool predict'; several are models trained with different seeds",
-    )
+    add_study_arguments(parser, study)
+    return parser
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, study: Study) -> None:
+    """Input, output, seed, device and option flags of ``study`` (options from its :class:`Option` s)."""
+    if study.inputs == "runs":
+        parser.add_argument("--data", required=True, type=Path, help="dataset .npz the runs were trained on")
+        parser.add_argument(
+            "--run", required=True, type=Path, action="append", help="run directory or model file; repeatable"
+        )
+    else:
+        parser.add_argument(
+            "--pred",
+            required=True,
+            nargs="+",
+            type=Path,
+            metavar="PRED.npz",
+            help="prediction cache(s) of 'scalepool predict'; several are models trained with different seeds",
+        )
     parser.add_argument("--out", required=True, type=Path, help=f"results folder, e.g. results/{study.name}")
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=None, help=f"seeds (default {list(study.default_seeds)})"
     )
-    parser.add_argument("--device", default="cpu", help="torch device for routers and soft updates")
+    parser.add_argument("--device", default="cpu", help="torch device for routers, soft updates and models")
     parser.add_argument(
         "--threads",
         type=int,
@@ -110,7 +102,6 @@ def build_parser(study: Study) -> argparse.ArgumentParser:
         if option.type is bool:
             kwargs = {"action": argparse.BooleanOptionalAction, "default": None, "help": option.help}
         parser.add_argument(flag, **kwargs)
-    return parser
 
 
 def run_study(
@@ -132,29 +123,31 @@ def run_study(
         raise ValueError(f"study {name} has no option(s) {sorted(unknown)}; it takes {sorted(options)}")
     options.update({k: v for k, v in overrides.items() if v is not None})
     seeds = tuple(seeds) if seeds else study.seeds(quick)
-    preds = [Path(p) for p in ([preds] if isinstance(preds, (str, Path)) else preds)]
+    if study.inputs == "runs":  # (dataset, runs): the dataset's checksum is the recorded input
+        data, runs = preds
+        preds, files = (Path(data), [Path(r) for r in runs]), [Path(data)]
+    else:
+        preds = files = [Path(p) for p in ([preds] if isinstance(preds, (str, Path)) else preds)]
     out = Path(out)
-    params = parameters(name, preds, options, seeds, device)
-    if skip_existing and is_complete(out, params, preds):
+    params = parameters(name, files, options, seeds, device)
+    if skip_existing and is_complete(out, params, files):
         return out, False
     study.run(preds, out, seeds=seeds, device=device, parameters=params, **options)
     return out, True
 
 
-def study_main(name: str, argv: list[str] | None = None) -> int:
-    """Command line of ``studies/<name>.py``."""
-    from . import _all  # noqa: F401  (registers every study)
+def run_study_from_args(study: Study, args: argparse.Namespace) -> int:
+    """Run ``study`` with parsed flags (:func:`add_study_arguments`); prints where it wrote."""
     from ._common import set_threads
 
-    study = STUDIES[name]
-    args = build_parser(study).parse_args(argv)
     set_threads(args.threads)
     overrides = {key: getattr(args, key) for key in study.options}
+    inputs = (args.data, args.run) if study.inputs == "runs" else args.pred
     start = time.perf_counter()
     try:
         out, ran = run_study(
-            name,
-            args.pred,
+            study.name,
+            inputs,
             args.out,
             seeds=args.seeds,
             device=args.device,
@@ -163,8 +156,14 @@ def study_main(name: str, argv: list[str] | None = None) -> int:
             **overrides,
         )
     except (ValueError, FileNotFoundError) as err:
-        print(f"{name}: error: {err}")
+        print(f"{study.name}: error: {err}", file=sys.stderr)
         return 2
     verb = "wrote" if ran else "up to date:"
-    print(f"{name}: {verb} {out} ({time.perf_counter() - start:.1f} s)")
+    print(f"{study.name}: {verb} {out} ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def study_main(name: str, argv: list[str] | None = None) -> int:
+    """Command line of ``studies/<name>.py``: the same as ``scalepool study NAME``."""
+    study = STUDIES[name]
+    return run_study_from_args(study, build_parser(study).parse_args(argv))

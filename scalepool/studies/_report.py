@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..provenance import git_commit, library_versions, utc_now
+from ..scales import format_table
 
 _UB = "(upper bound)"
 
@@ -29,8 +30,6 @@ def final_table_text(results: str | os.PathLike) -> str:
     table = _read(Path(results) / "oracle_table" / "table.csv")
     if table is None:
         return "(no oracle_table results)"
-    from ..cli._scales import format_table
-
     table["detail"] = table["detail"].fillna("")
     return format_table(table)
 

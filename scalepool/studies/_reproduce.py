@@ -17,159 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from .._files import write_json
-from ..provenance import PROVENANCE, file_sha256, is_complete, utc_now
+from ..provenance import PROVENANCE, file_sha256, is_complete
+from ._pipeline import ParallelStage, Pipeline, stage_key
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
-
-STATE = "stages.json"
-
-
-@dataclasses.dataclass
-class ParallelStage:
-    """A stage for :meth:`Pipeline.run_parallel`: ``job(argument) -> (message, elapsed_s)``."""
-
-    name: str
-    key: str
-    job: Callable[[Any], tuple[str, float]]
-    argument: Any
-    valid: Callable[[], bool] = lambda: True
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Pipeline:
-    """Runs stages in order, records them in ``stages.json`` and skips finished ones.
-
-    Parameters
-    ----------
-    out : run folder
-    force : stage names (or prefixes such as ``train`` or ``study``) to redo
-    log : where progress lines go (``print`` by default)
-    """
-
-    def __init__(self, out, force=(), log: Callable[[str], None] = print):
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.path = self.out / STATE
-        self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.force, self.log = tuple(force), log
-        self.timings: dict[str, dict] = {}
-        self.total = 0
-        self.index = 0
-
-    def forced(self, name: str) -> bool:
-        return any(name == f or name.startswith(f + "_") for f in self.force)
-
-    def run(
-        self, name: str, key: str, action: Callable[[], object], valid: Callable[[], bool] = lambda: True
-    ):
-        """Run ``action`` unless ``name`` finished before with this ``key`` and ``valid()`` holds."""
-        self.index += 1
-        label = f"[{self.index}/{self.total}] {name}"
-        if self._up_to_date(label, name, key, valid):
-            return None
-        self.log(f"{label} ...")
-        start = time.perf_counter()
-        result = action()
-        self._record(label, name, key, time.perf_counter() - start)
-        return result
-
-    def _up_to_date(self, label: str, name: str, key: str, valid: Callable[[], bool]) -> bool:
-        record = self.state.get(name)
-        if record and record.get("key") == key and not self.forced(name) and valid():
-            self.log(f"{label}: up to date (took {record['elapsed_s']:.0f} s on {record['finished']})")
-            self.timings[name] = {"elapsed_s": record["elapsed_s"], "ran": False}
-            return True
-        return False
-
-    def _record(self, label: str, name: str, key: str, elapsed: float) -> None:
-        self.state[name] = {"key": key, "elapsed_s": round(elapsed, 2), "finished": utc_now()}
-        write_json(self.path, self.state)
-        self.timings[name] = {"elapsed_s": elapsed, "ran": True}
-        self.log(f"{label}: done in {elapsed:.0f} s")
-
-    def run_parallel(self, stages: list[ParallelStage], workers: int, progress: bool = True) -> None:
-        """Run independent stages, up to ``workers`` at a time in separate processes.
-
-        Each stage's ``job(argument)`` must be a picklable module-level function
-        returning ``(message, elapsed_s)``.  Finished stages are recorded as
-        they complete, so an interruption loses only the ones still running
-        (and those resume from their own checkpoints).  With ``workers <= 1`` or
-        a single stage to run, stages run here, one after another.
-        """
-        todo = []
-        for stage in stages:
-            self.index += 1
-            label = f"[{self.index}/{self.total}] {stage.name}"
-            if not self._up_to_date(label, stage.name, stage.key, stage.valid):
-                todo.append((label, stage))
-        if workers <= 1 or len(todo) <= 1:
-            for label, stage in todo:
-                self.log(f"{label} ...")
-                message, elapsed = stage.job(stage.argument)
-                if message:
-                    self.log(message)
-                self._record(label, stage.name, stage.key, elapsed)
-            return
-        import multiprocessing
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        from tqdm.auto import tqdm
-
-        workers = min(workers, len(todo))
-        self.log(
-            f"running {len(todo)} stages in {workers} worker processes: " + ", ".join(s.name for _, s in todo)
-        )
-        failures = []
-        # spawn, not fork: a forked child would inherit this process's torch thread pools.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            running = {pool.submit(stage.job, stage.argument): (label, stage) for label, stage in todo}
-
-            def log(line: str) -> None:  # above the bar, not through it
-                with tqdm.external_write_mode():
-                    self.log(line)
-
-            bar = tqdm(total=len(todo), desc="parallel stages", unit="stage", disable=not progress)
-            try:
-                while running:
-                    done, _ = wait(running, timeout=10.0, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        label, stage = running.pop(future)
-                        try:
-                            message, elapsed = future.result()
-                        except Exception as err:  # noqa: BLE001  (reported below, after the others finish)
-                            failures.append(f"{stage.name}: {type(err).__name__}: {err}")
-                            log(f"{label}: failed: {type(err).__name__}: {err}")
-                            continue
-                        if message:
-                            log(message)
-                        with tqdm.external_write_mode():
-                            self._record(label, stage.name, stage.key, elapsed)
-                        bar.update(1)
-                    active = [stage.name for future, (_, stage) in running.items() if future.running()]
-                    bar.set_postfix_str("running: " + ", ".join(active) if active else "", refresh=True)
-            except KeyboardInterrupt:
-                # Nothing queued may start after Ctrl-C, and the running trainings stop now: their
-                # checkpoints are written atomically, so the next run resumes them.
-                for future in running:
-                    future.cancel()
-                for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public API
-                    process.terminate()
-                bar.close()
-                raise
-            bar.close()
-        if failures:
-            raise RuntimeError("stages failed: " + "; ".join(failures))
 
 
 def _budget_left(run_dir: Path, plan: BranchPlan) -> float:
@@ -215,7 +71,6 @@ def reproduce(
     import torch
 
     from ..plots import copy_figures, make_figures
-    from ._all import ORDER
     from ._registry import STUDIES, parameters, run_study
     from ._report import final_table_text, write_report
 
@@ -228,7 +83,7 @@ def reproduce(
     jobs = max(int(jobs if jobs is not None else default_jobs(threads)), 1) if device == "cpu" else 1
     data_path = out / "data" / "nacl.npz"
     branches = [b for b in config.branches if b.name != "muse" or (config.muse and _muse_available())]
-    names = [*ORDER, *sorted(set(STUDIES) - set(ORDER))]
+    names = [name for name, study in STUDIES.items() if study.inputs == "pred"]  # hessian: own stage
     pipe.total = (
         1 + len(config.model_seeds) * (len(branches) + 1) + len(names) + 2 + (config.hessian is not None)
     )
@@ -245,7 +100,7 @@ def reproduce(
             log(f"    {err}; starting the data over")
             generate_nacl(checkpoint=checkpoint, restart=True, **options)
 
-    pipe.run("data", _key("data", config.data, config.seed), make_data, data_path.exists)
+    pipe.run("data", stage_key("data", config.data, config.seed), make_data, data_path.exists)
     data_sha = file_sha256(data_path)
 
     training, runs_of_seed = [], {}
@@ -254,7 +109,7 @@ def reproduce(
         for plan in branches:
             run_dir = out / "runs" / f"seed{model_seed}" / plan.name
             runs_of_seed[model_seed].append(run_dir)
-            key = _key(plan, config.split_fractions, model_seed, data_sha, device)
+            key = stage_key(plan, config.split_fractions, model_seed, data_sha, device)
             job = TrainJob(
                 plan, run_dir, key, model_seed, data_path, config.split_fractions, device,
                 threads=max(int(threads or 1), 1), progress=progress and jobs <= 1,
@@ -288,7 +143,7 @@ def reproduce(
 
         pipe.run(
             f"predict_s{model_seed}",
-            _key([file_sha256(r / "best.pt") for r in runs if (r / "best.pt").exists()], data_sha),
+            stage_key([file_sha256(r / "best.pt") for r in runs if (r / "best.pt").exists()], data_sha),
             predict,
             lambda pred=pred: _valid_cache(pred),
         )
@@ -315,7 +170,7 @@ def reproduce(
         params = parameters(name, preds, options, seeds, device)
         pipe.run(
             f"study_{name}",
-            _key(params, [file_sha256(p) for p in preds]),
+            stage_key(params, [file_sha256(p) for p in preds]),
             lambda name=name, seeds=seeds, overrides=overrides: run_study(
                 name, preds, results / name, seeds=seeds, device=device, quick=config.quick, **overrides
             ),
@@ -324,7 +179,7 @@ def reproduce(
 
     figures = out / "figures"
     provenances = sorted(str(p) for p in results.glob(f"*/{PROVENANCE}"))
-    figure_key = _key([file_sha256(p) for p in provenances], config.figures)
+    figure_key = stage_key([file_sha256(p) for p in provenances], config.figures)
     written: dict = {}
 
     def draw():
@@ -346,7 +201,7 @@ def reproduce(
         log(f"report: {path}")
 
     pipe.timings.pop("report", None)
-    pipe.run("report", _key(time.time()), report)
+    pipe.run("report", stage_key(time.time()), report)
     log(f"scalepool reproduce finished in {time.perf_counter() - start:.0f} s")
     return pipe.timings
 
@@ -367,7 +222,7 @@ def _hessian_stage(
 
     pipe.run(
         "study_hessian",
-        _key([file_sha256(r / "best.pt") for r in runs], data_sha, options),
+        stage_key([file_sha256(r / "best.pt") for r in runs], data_sha, options),
         action,
         lambda: hessian.complete(out, data_path, runs, **options),
     )

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..scales import ContinuousRouter, HardRouter, RoutingProblem, refine_pool
 from ._common import SplitView, mean_std, open_study, subsample
-from ._registry import Option, Study, register
+from ._study import Option, Study
 
 NAME = "routers"
 UPPER = "(upper bound)"
@@ -135,23 +135,21 @@ def run(
     return results.path
 
 
-STUDY = register(
-    Study(
-        name=NAME,
-        description="Learned hard and continuous routers (fitted on train only, several seeds) against "
-        "oracle hard routing over the refined pool and the continuous oracle (upper bounds) on test; "
-        "each router's choice against the oracle's per sample.",
-        run=run,
-        options={
-            "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-            "loss": Option(str, "mae", None, "training loss", ("mae", "mse")),
-            "tol": Option(float, 1e-3, None, "pool refinement tolerance"),
-            "max_size": Option(int, 16, None, "largest refined pool"),
-            "router_steps": Option(int, 300, 120, "optimiser steps per router"),
-            "hidden": Option(int, 32, None, "router MLP width (0: linear)"),
-            "layers": Option(int, 2, None, "router MLP depth"),
-            "points": Option(int, 4000, 2000, "samples kept in choices.csv"),
-        },
-        default_seeds=(0, 1, 2),
-    )
+STUDY = Study(
+    name=NAME,
+    description="Learned hard and continuous routers (fitted on train only, several seeds) against "
+    "oracle hard routing over the refined pool and the continuous oracle (upper bounds) on test; "
+    "each router's choice against the oracle's per sample.",
+    run=run,
+    options={
+        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
+        "loss": Option(str, "mae", None, "training loss", ("mae", "mse")),
+        "tol": Option(float, 1e-3, None, "pool refinement tolerance"),
+        "max_size": Option(int, 16, None, "largest refined pool"),
+        "router_steps": Option(int, 300, 120, "optimiser steps per router"),
+        "hidden": Option(int, 32, None, "router MLP width (0: linear)"),
+        "layers": Option(int, 2, None, "router MLP depth"),
+        "points": Option(int, 4000, 2000, "samples kept in choices.csv"),
+    },
+    default_seeds=(0, 1, 2),
 )

@@ -21,7 +21,7 @@ import pandas as pd
 from .._files import write_json
 from ..provenance import ResultsDir
 from ._common import as_paths, cache_labels, mean_std
-from ._registry import Option, Study, register
+from ._study import Option, Study
 
 NAME = "search"
 _SCORES = ("best_value", "test_pool_oracle", "test_router", "test_anchor_oracle", "test_continuous_oracle")
@@ -102,19 +102,17 @@ def run(
     return results.path
 
 
-STUDY = register(
-    Study(
-        name=NAME,
-        description="Optuna searches on the cached predictions (pool size and values, refinement settings, "
-        "router settings), resumable in a SQLite study; best trials re-run on test.",
-        run=run,
-        options={
-            "spaces": Option(str, "pool+refine+router", "pool+refine", "search spaces joined by '+'"),
-            "n_trials": Option(int, 300, 60, "finished trials per pool/refine study"),
-            "router_trials": Option(int, 30, 8, "finished trials per router study"),
-            "size_penalty": Option(float, 0.1, None, "meV/Å per scale beyond the anchors"),
-            "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-            "storage": Option(str, None, None, "optuna storage (default <out>/study.db)"),
-        },
-    )
+STUDY = Study(
+    name=NAME,
+    description="Optuna searches on the cached predictions (pool size and values, refinement settings, "
+    "router settings), resumable in a SQLite study; best trials re-run on test.",
+    run=run,
+    options={
+        "spaces": Option(str, "pool+refine+router", "pool+refine", "search spaces joined by '+'"),
+        "n_trials": Option(int, 300, 60, "finished trials per pool/refine study"),
+        "router_trials": Option(int, 30, 8, "finished trials per router study"),
+        "size_penalty": Option(float, 0.1, None, "meV/Å per scale beyond the anchors"),
+        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
+        "storage": Option(str, None, None, "optuna storage (default <out>/study.db)"),
+    },
 )

@@ -1,7 +1,7 @@
 """Training of force branches (checkpoints, resume, early stopping) and the prediction cache."""
 
 from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device, resolve_dtype
-from ._loop import BRANCH_NAMES, TrainResult, default_branch_name, train
+from ._loop import TrainResult, train
 from ._predict import evaluate_forces, predict_cache, predict_forces
 from ._run_config import read_run_config
 from ._settings import LOSSES, SCHEDULERS, TrainSettings
@@ -9,7 +9,6 @@ from ._state import HISTORY_COLUMNS
 
 __all__ = [
     "BEST",
-    "BRANCH_NAMES",
     "CHECKPOINT",
     "CONFIG",
     "HISTORY",
@@ -20,7 +19,6 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "TrainSettings",
-    "default_branch_name",
     "evaluate_forces",
     "predict_cache",
     "predict_forces",

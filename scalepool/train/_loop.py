@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .._files import canonical_json
 from ..data import FrameSet
-from ..models import AtomsBatch
+from ..models import AtomsBatch, branch_name
 from . import _model_io
 from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device
 from ._predict import evaluate_forces
@@ -136,7 +136,7 @@ def train(
         checkpoint made with other settings or another dataset is refused.
     branch : run name written to ``config.json`` and used by
         :func:`predict_cache` as ``forces_<branch>``; default
-        :func:`default_branch_name` (``short``/``long`` for the testbed branches)
+        :func:`scalepool.models.branch_name` (``short``/``long``/``muse`` for the catalogue's branches)
     data_path : dataset file, recorded in ``config.json``
     progress : show a tqdm progress bar
 
@@ -163,17 +163,6 @@ def train(
     return session.run()
 
 
-#: Run names of the testbed branches, by model class (see :func:`default_branch_name`).
-BRANCH_NAMES = {"ShortRangeBranch": "short", "LongRangeBranch": "long", "MuSE": "muse"}
-
-
-def default_branch_name(config: dict) -> str:
-    """``config["branch"]`` or ``config["name"]`` if set, else ``short``/``long`` for the
-    testbed branches (:data:`BRANCH_NAMES`), else the lower-cased model class, else ``"model"``."""
-    name = config.get("branch") or config.get("name") or BRANCH_NAMES.get(config.get("class", ""))
-    return name or str(config.get("class") or "model").lower()
-
-
 class _Session:
     """One call of :func:`train`: builds or restores the state, runs epochs, writes files."""
 
@@ -184,7 +173,7 @@ class _Session:
         self.progress = progress
         self.paths = {name: out / name for name in (CHECKPOINT, BEST, LAST, HISTORY, CONFIG)}
         config = canonical_json(model.config)
-        self.branch = branch or default_branch_name(config)
+        self.branch = branch or branch_name(config)
         if not isinstance(self.branch, str) or not self.branch.isidentifier():
             raise TrainError(
                 f"branch name must be an identifier (used as forces_<branch>), got {self.branch!r}"

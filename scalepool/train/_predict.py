@@ -145,6 +145,10 @@ def predict_cache(
         raise TrainError("predict_cache needs at least one run directory")
     dev = resolve_device(device)
     configs = [(Path(run), read_run_config(run)) for run in runs]
+    resolved = [run.resolve() for run, _ in configs]
+    repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+    if repeated:
+        raise TrainError(f"run(s) {repeated} given more than once; a null pair needs two runs (two seeds)")
     branches = cache_branch_names([config["branch"] for _, config in configs])
     if "ref" in branches:
         raise TrainError("a run's branch is named 'ref', which collides with forces_ref")

@@ -94,6 +94,7 @@ def save_checkpoint(
 ) -> None:
     """Write the full training state atomically (temporary file, then ``os.replace``)."""
     write_torch(
+        path,
         {
             "format": CHECKPOINT_FORMAT,
             "request": canonical_json(request),
@@ -104,7 +105,6 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "rng": rng,
         },
-        path,
     )
 
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from ..data import minimum_image_vectors
+from ..models import AtomsBatch
 from ..units import HYDROGEN, ION_NUMBERS, OXYGEN
-from ._batch import AtomsBatch
 
 #: sqrt(eV / (Å^2 amu)) in cm^-1: a Hessian eigenvalue of 1 eV/Å^2 for 1 amu is 521.47 cm^-1.
 EV_PER_A2_AMU_TO_WAVENUMBER = 521.4709

@@ -13,7 +13,11 @@ dependence on the positions, ``-(e1_i - e0_i - delta_Z) ds_i/dx``: the model is
 conservative and can drive NVE dynamics.  ``delta_Z`` is the difference of the
 two branches' per-species energy shifts (``align_shifts=True``), which removes
 the arbitrary offset between their atomic energies from that term; it is a
-constant per species, so the model stays conservative either way.
+constant per species, so the model stays conservative either way.  A learned
+per-species correction ``delta_correction`` (eV, zero until fitted) is added
+to it: it sets the reference of ``e1 - e0`` that multiplies ``ds/dx``, which
+the end-to-end fit (:func:`scalepool.scales.fit_mixed_model`) tunes together
+with the router.
 
 Router features (:func:`smooth_router_features`), all differentiable in the
 positions and the cell, computed in torch from the batch:
@@ -31,8 +35,7 @@ forces, hence second derivatives of the branches, inside every MD force call.
 branch's atomic energy).  That is for analysis only: the energy jumps when an
 atom's choice flips, so hard mixing is **not** conservative.
 
-:func:`fit_router` fits the router on the train split of a
-:class:`PredictionCache` only (:class:`LeakageError` otherwise).
+The router is fitted by :mod:`scalepool.scales` (train split only).
 """
 
 from __future__ import annotations
@@ -40,18 +43,28 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..data import PredictionCache
-from ..models import AtomsBatch, ForceModel, build_model, register_model
 from ..units import ION_NUMBERS
-from ._features import FEATURE_RADII
-from ._routers import _mlp, _Router
+from ._base import N_SPECIES, ForceModel, build_model, register_model
+from ._batch import AtomsBatch
 
 #: Default species of the one-hot block: H, O, Na, Cl.
 DEFAULT_SPECIES = (1, 8, 11, 17)
+#: Å, default radii of the smooth ion counts (the same radii as the routers' ion counts).
+ROUTER_RADII = (3.5, 5.0, 7.0)
+
+
+def router_mlp(n_in: int, hidden: int, n_out: int, layers: int) -> nn.Module:
+    """SiLU MLP with ``layers`` hidden layers of width ``hidden``; linear when either is 0."""
+    if hidden <= 0 or layers <= 0:
+        return nn.Linear(n_in, n_out)
+    mods, width = [], n_in
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    return nn.Sequential(*mods, nn.Linear(width, n_out))
 
 
 def smooth_switch(distance: torch.Tensor, radius: float, width: float) -> torch.Tensor:
@@ -62,7 +75,7 @@ def smooth_switch(distance: torch.Tensor, radius: float, width: float) -> torch.
 
 def smooth_router_features(
     batch: AtomsBatch,
-    radii: tuple[float, ...] = FEATURE_RADII,
+    radii: tuple[float, ...] = ROUTER_RADII,
     width: float = 0.5,
     species: tuple[int, ...] = DEFAULT_SPECIES,
     ion_numbers: tuple[int, ...] = ION_NUMBERS,
@@ -115,14 +128,16 @@ class MixedForceModel(ForceModel):
     Attributes
     ----------
     router : the MLP, standardised features -> one logit per atom
-    feature_mean, feature_std : buffers, feature standardisation (set by :func:`fit_router`)
+    feature_mean, feature_std : buffers, feature standardisation (set by :func:`scalepool.scales.fit_router`)
+    delta_correction : parameter (119,), eV, learned per-species addition to ``delta_Z``
+        (zero until :func:`scalepool.scales.fit_mixed_model` fits it)
     """
 
     def __init__(
         self,
         branch0: ForceModel | dict[str, Any],
         branch1: ForceModel | dict[str, Any],
-        radii: tuple[float, ...] = FEATURE_RADII,
+        radii: tuple[float, ...] = ROUTER_RADII,
         width: float = 0.5,
         species: tuple[int, ...] = DEFAULT_SPECIES,
         hidden: int = 16,
@@ -153,10 +168,16 @@ class MixedForceModel(ForceModel):
         self.align_shifts, self.hard = bool(align_shifts), bool(hard)
         self.n_features = branch0.n_features
         n_in = len(radii) + len(species)
-        self.router = _mlp(n_in, hidden, 1, layers)
+        self.router = router_mlp(n_in, hidden, 1, layers)
         self.register_buffer("feature_mean", torch.zeros(n_in))
         self.register_buffer("feature_std", torch.ones(n_in))
+        self.delta_correction = nn.Parameter(torch.zeros(N_SPECIES))
         self.to(next(branch0.parameters()).dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # model files written before delta_correction existed load with a zero correction
+        state_dict.setdefault(prefix + "delta_correction", torch.zeros_like(self.delta_correction))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, batch: AtomsBatch) -> torch.Tensor:
         """(n_atoms, n_in) raw router features (:func:`smooth_router_features`)."""
@@ -173,94 +194,17 @@ class MixedForceModel(ForceModel):
             s = (s > 0.5).to(s.dtype)
         return s
 
+    def delta(self, numbers: torch.Tensor) -> torch.Tensor:
+        """(n_atoms,) eV, ``delta_Z`` of each atom: shift difference (``align_shifts``) plus the learned correction."""
+        delta = self.delta_correction[numbers]
+        if self.align_shifts:
+            delta = delta + (self.branch1.species_shift[numbers] - self.branch0.species_shift[numbers])
+        return delta
+
     def atomic_energies(self, batch: AtomsBatch) -> torch.Tensor:
         e0 = self.branch0.atomic_energies(batch)
-        e1 = self.branch1.atomic_energies(batch)
-        if self.align_shifts:
-            z = batch.numbers
-            e1 = e1 - (self.branch1.species_shift[z] - self.branch0.species_shift[z])
+        e1 = self.branch1.atomic_energies(batch) - self.delta(batch.numbers)
         s = self.scales(batch)
         return e0 + s * (e1 - e0)
 
 
-@torch.no_grad()
-def cache_router_features(
-    model: MixedForceModel, cache: PredictionCache, frames_per_batch: int = 8
-) -> torch.Tensor:
-    """(F, N, n_in) raw router features of every frame of ``cache`` (labels unused),
-    from the same torch function the model uses in MD."""
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, cache.n_frames, frames_per_batch):
-        index = np.arange(start, min(start + frames_per_batch, cache.n_frames))
-        feats = model.features(
-            AtomsBatch.from_arrays(
-                cache.positions, cache.numbers, cache.cell, index, device=device, dtype=dtype
-            )
-        )
-        out.append(feats.reshape(len(index), cache.n_atoms, -1))
-    return torch.cat(out, dim=0)
-
-
-def fit_router(
-    model: MixedForceModel,
-    train: PredictionCache,
-    steps: int = 300,
-    lr: float = 1e-2,
-    batch_size: int = 65536,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Fit ``model.router`` on the train split of a prediction cache; returns train metrics.
-
-    The objective is the per-atom force MAE of the cached interpolation
-    ``(1 - s_i) F0_i + s_i F1_i`` against ``F_ref`` (the cache's anchors are
-    taken as branch0 and branch1); the features come from the cached positions
-    and cell through :func:`smooth_router_features`.  The router-gradient term
-    of the deployed forces, ``-(e1_i - e0_i - delta_Z) ds_i/dx``, needs atomic
-    energies the cache does not hold and is not part of the fit.
-
-    Raises :class:`LeakageError` unless every frame of ``train`` is a
-    labelled train frame (pass ``cache.select("train")``).  Only the router
-    and the feature standardisation change; the branches are untouched.
-
-    Returns ``{"mae_soft", "mae_hard", "mae_branch0", "mae_branch1",
-    "mean_scale"}`` (eV/Å, on the train frames).
-    """
-    _Router.check_train_only(train)
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
-    x = cache_router_features(model, train).reshape(-1, len(model.feature_mean))
-    f0, f1 = (torch.as_tensor(f, dtype=dtype, device=device).reshape(-1, 3) for f in train.anchor_forces())
-    ref = torch.as_tensor(train.forces_ref, dtype=dtype, device=device).reshape(-1, 3)
-    d, a = f1 - f0, ref - f0
-    with torch.no_grad():
-        model.feature_mean.copy_(x.mean(dim=0))
-        model.feature_std.copy_(x.std(dim=0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(x[0]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in model.router.modules():
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.router.parameters(), lr=lr)
-    n = x.shape[0]
-    for _ in range(steps):
-        index = torch.arange(n) if n <= batch_size else torch.randint(n, (batch_size,), generator=generator)
-        index = index.to(device)
-        optimizer.zero_grad()
-        s = torch.sigmoid(model.logits(x[index]))
-        loss = (s[:, None] * d[index] - a[index]).abs().mean()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        s = torch.sigmoid(model.logits(x))
-        hard = (s > 0.5).to(s.dtype)
-        mae = lambda scale: float((scale[:, None] * d - a).abs().mean())  # noqa: E731
-        return {
-            "mae_soft": mae(s),
-            "mae_hard": mae(hard),
-            "mae_branch0": mae(torch.zeros_like(s)),
-            "mae_branch1": mae(torch.ones_like(s)),
-            "mean_scale": float(s.mean()),
-        }
