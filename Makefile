@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/scalepool reproduce --quick --out $(DEMO) --figures-dir figures
+	$(BIN)/scalepool readme --write --run $(DEMO)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -11,6 +11,7 @@ from pathlib import Path
 def register(commands) -> None:
     _register_search(commands)
     _register_study(commands)
+    _register_readme(commands)
     figures = commands.add_parser(
         "figures",
         help="draw every figure whose study results exist (PNG and PDF)",
@@ -274,3 +275,51 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"scalepool {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _register_readme(commands) -> None:
+    readme = commands.add_parser(
+        "readme",
+        help="check or rewrite the README's generated result blocks from results/quick/",
+        description="The README's result blocks are generated from committed results. --check exits 1 when "
+        "a block differs from what --results generates; --write rewrites them (with --run, after copying a "
+        "finished 'scalepool reproduce' run's report and tables into --results).",
+    )
+    action = readme.add_mutually_exclusive_group(required=True)
+    action.add_argument("--check", action="store_true", help="exit 1 when a generated block is stale")
+    action.add_argument("--write", action="store_true", help="rewrite the generated blocks")
+    readme.add_argument("--readme", type=Path, default=_REPO / "README.md", help="README to check or rewrite")
+    readme.add_argument(
+        "--results", type=Path, default=_REPO / "results" / "quick", help="committed results folder"
+    )
+    readme.add_argument(
+        "--run", type=Path, default=None, help="with --write: export this run into --results first"
+    )
+    readme.set_defaults(func=_readme)
+
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _readme(args: argparse.Namespace) -> int:
+    from ..studies import export_results, stale_blocks, write_readme
+
+    if args.check:
+        if args.run is not None:
+            raise ValueError("--run goes with --write")
+        stale = stale_blocks(args.readme, args.results)
+        if stale:
+            print(
+                f"{args.readme}: generated block(s) {stale} differ from {args.results}; "
+                "run 'scalepool readme --write'",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.readme}: generated blocks match {args.results}")
+        return 0
+    if args.run is not None:
+        names = export_results(args.run, args.results)
+        print(f"exported {len(names)} file(s) from {args.run} into {args.results}")
+    changed = write_readme(args.readme, args.results)
+    print(f"{args.readme}: rewrote {changed}" if changed else f"{args.readme}: already up to date")
+    return 0

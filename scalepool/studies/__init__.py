@@ -19,6 +19,7 @@ study                  what it writes
 """
 
 from ._pipeline import ParallelStage, Pipeline, stage_key
+from ._readme import export_results, readme_blocks, stale_blocks, write_readme
 from ._registry import STUDIES, add_study_arguments, run_study, run_study_from_args, study_main
 from ._reproduce import reproduce
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
@@ -33,10 +34,14 @@ __all__ = [
     "ReproduceConfig",
     "Study",
     "add_study_arguments",
+    "export_results",
     "make_config",
+    "readme_blocks",
     "reproduce",
     "run_study",
     "run_study_from_args",
     "stage_key",
+    "stale_blocks",
     "study_main",
+    "write_readme",
 ]
