@@ -23,8 +23,18 @@ from ._properties import (
 )
 from ._systems import WATER_DENSITY, random_frames, water_box
 
+
+def __getattr__(name: str):
+    # the pytest suite is loaded on demand: importing scalepool.testing needs no pytest
+    if name in ("ForceModelTests", "model_cutoffs"):
+        from . import _suite
+
+        return getattr(_suite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ALL_PROPERTIES",
+    "ForceModelTests",
     "TOLERANCES",
     "WATER_DENSITY",
     "assert_batch_consistency",
@@ -36,6 +46,7 @@ __all__ = [
     "assert_translation_invariance",
     "evaluate",
     "frames_of",
+    "model_cutoffs",
     "random_frames",
     "random_rotation",
     "replace",
