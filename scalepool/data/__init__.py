@@ -15,6 +15,7 @@ from ._frameset import DatasetError, FrameSet, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
 from ._nacl_checkpoint import CheckpointInUse
 from ._prediction_cache import PredictionCache, PredictionCacheError, split_code
+from ._rdf import contact_ion_mask, first_minimum, radial_distribution
 from ._summary import force_statistics, format_summary, summarize
 
 # The testbed generator needs OpenMM; load it on first use so that models,
@@ -53,6 +54,9 @@ __all__ = [
     "force_statistics",
     "format_summary",
     "summarize",
+    "contact_ion_mask",
+    "first_minimum",
+    "radial_distribution",
     "read_frames",
     "split_code",
     "time_block_split",
