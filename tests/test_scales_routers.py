@@ -70,6 +70,11 @@ def test_fitting_cannot_see_val_or_test_frames(cache, router):
         router().fit(cache)
     with pytest.raises(LeakageError, match=r"\['test'\]"):
         router().fit(cache.select("test"))
+    # relabelling val/test frames as train does not get past the guard
+    relabelled = cache.select("test")
+    relabelled = dataclasses.replace(relabelled, split=np.zeros_like(relabelled.split), meta=dict(relabelled.meta))
+    with pytest.raises(LeakageError, match="outside the train block"):
+        router().fit(relabelled)
     with pytest.raises(ValueError, match="needs the train frames' forces_ref"):
         router().fit(cache.select("train", labels=False))
     with pytest.raises(RuntimeError, match="not fitted"):

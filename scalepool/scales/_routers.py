@@ -96,6 +96,17 @@ class _Router(nn.Module):
                 f"routers are fitted on the train split only; got frames of split(s) {names}: "
                 "pass cache.select('train')"
             )
+        blocks = cache.meta.get("split_blocks")
+        if blocks is not None and "frame_index" in cache.meta:
+            # split codes can be relabelled; the dataset frames of the train block cannot
+            start, stop = blocks["train"]
+            frames = np.asarray(cache.meta["frame_index"])
+            outside = frames[(frames < start) | (frames >= stop)]
+            if outside.size:
+                raise LeakageError(
+                    f"{outside.size} frame(s) marked train lie outside the train block [{start}, {stop}) "
+                    f"recorded at prediction (dataset frames {outside[:5].tolist()}...): was the split relabelled?"
+                )
         if not cache.has_labels:
             raise ValueError("fitting needs the train frames' forces_ref")
 

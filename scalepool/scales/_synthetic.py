@@ -81,7 +81,8 @@ def synthetic_cache(
     forces_ref = f0 + s_true[..., None] * (f1 - f0) + noise * rng.normal(size=f0.shape)
 
     split = np.full(n_frames, -1, dtype=np.int64)
-    for name, index in time_block_split(n_frames, fractions).items():
+    blocks = time_block_split(n_frames, fractions)
+    for name, index in blocks.items():
         split[index] = K.SPLIT_CODES[name]
     cache = PredictionCache(
         forces_ref=forces_ref,
@@ -93,6 +94,8 @@ def synthetic_cache(
         anchors=("short", "long"),
         meta={
             "generator": "scalepool.scales.synthetic_cache",
+            "frame_index": list(range(n_frames)),
+            "split_blocks": {name: [int(i[0]), int(i[-1]) + 1] for name, i in blocks.items() if len(i)},
             "seed": seed,
             "true_scales": [float(s) for s in true_scales],
             "rule": rule,

@@ -190,6 +190,8 @@ def predict_cache(
         "run_branches": {name: config["branch"] for name, (_, config) in zip(branches, configs, strict=True)},
         "model_file": model_file,
         "frame_index": keep.tolist(),
+        # dataset frames [start, stop) of each block: routers refuse a "train" row outside it
+        "split_blocks": {name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)},
         "dataset_checksum": checksum,
         "dataset_path": None if data_path is None else str(Path(data_path).resolve()),
         "split_fractions": list(fractions),
