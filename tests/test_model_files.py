@@ -45,3 +45,17 @@ def test_every_model_type_loads_in_a_fresh_interpreter(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [type(m).__name__ for m in models.values()]
+
+
+def test_a_model_saved_before_the_real_space_switch_loads_with_its_hard_cutoff(tmp_path):
+    """Old long-branch files (no ``switch_width`` in the config) rebuild the model they were."""
+    from scalepool.models import load_model
+
+    model = build_branch("long", method="ewald", **SMALL)
+    path = tmp_path / "old.pt"
+    save_model(model, path)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["electrostatics"].pop("switch_width")
+    torch.save(payload, path)
+    assert load_model(path).electrostatics.options["switch_width"] == 0.0
+    assert build_branch("long", **SMALL).electrostatics.options["switch_width"] > 0  # today's default

@@ -2,9 +2,11 @@
 
 Tiny random systems (8 atoms of O/H/Na/Cl in a 7 Å sheared periodic box, two
 frames) keep every check well under a second.  The long branch is checked with
-exact Ewald summation (real-space cutoff 6.5 Å, which is no lattice-vector
-length of the box, so no image pair sits exactly at the cutoff) and, where P3M
-is exact too, with its default P3M.
+exact Ewald summation and, where P3M is exact too, with its default P3M, both
+at the default real-space cutoff (7 Å, the box's first lattice vector: every
+atom's own image sits exactly at it, where the switched kernel is zero with
+its first two derivatives).  Continuity is checked at every cutoff a model has,
+in float64 at the round-off tolerances of ``conftest.TOLERANCES``.
 """
 
 from __future__ import annotations
@@ -13,19 +15,36 @@ import pytest
 import torch
 
 from scalepool import testing as T
+from scalepool import units
 from scalepool.models import AtomsBatch, Features, ForceModel, SchNet, build_branch
 
 SMALL = dict(n_features=8, n_interactions=2)
 MODELS = {
     "short": lambda: build_branch("short", **SMALL),
-    "long": lambda: build_branch("long", method="ewald", real_space_cutoff=6.5, **SMALL),
-    "long_p3m": lambda: build_branch("long", real_space_cutoff=6.5, **SMALL),
-    "long_fixed": lambda: build_branch(
-        "long", method="ewald", real_space_cutoff=6.5, fixed_charges=True, **SMALL
-    ),
+    "long": lambda: build_branch("long", method="ewald", **SMALL),
+    "long_p3m": lambda: build_branch("long", **SMALL),
+    "long_fixed": lambda: build_branch("long", method="ewald", fixed_charges=True, **SMALL),
     "schnet": lambda: SchNet(cutoff=5.0, **SMALL),
 }
 EXACT = ["short", "long", "long_fixed", "schnet"]
+#: A pair moved by +-1e-11 Å changes a smooth energy by ~1e-11 eV per eV/Å of
+#: force, far below the float64 atol (1e-9); a jump at a cutoff does not shrink
+#: with the step (the old hard 6 Å real-space cutoff: 4e-5 eV, 1.3e-4 eV/Å).
+CONTINUITY_STEP = 1e-11  # Å
+
+
+def cutoffs_of(model) -> dict[str, float]:
+    """Every cutoff of a model, Å: the backbone's and the real-space electrostatics one."""
+    cutoffs = {"backbone": model.cutoff}
+    if hasattr(model, "electrostatics"):
+        cutoffs["real_space"] = model.electrostatics.real_space_cutoff
+    return cutoffs
+
+
+def ion_pair(batch) -> tuple[int, int]:
+    """Indices of the first Na and the first Cl of the first frame."""
+    numbers = batch.numbers[batch.frame_index == 0].tolist()
+    return numbers.index(units.SODIUM), numbers.index(units.CHLORINE)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +83,27 @@ def test_forces_match_finite_differences(name, frames):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_energy_and_forces_continuous_at_the_cutoff(name, frames):
-    T.assert_cutoff_continuity(model_of(name), batch_of(frames, torch.float64))
+def test_energy_and_forces_continuous_at_every_cutoff(name, frames, tolerances):
+    model, batch = model_of(name), batch_of(frames, torch.float64)
+    i, j = ion_pair(batch)
+    for cutoff in cutoffs_of(model).values():
+        T.assert_cutoff_continuity(
+            model, batch, cutoff, i, j, delta=CONTINUITY_STEP, atol=tolerances[torch.float64]["atol"]
+        )
+
+
+@pytest.mark.parametrize("kind", ["backbone", "real_space"])
+@pytest.mark.parametrize("charges", ["latent", "fixed"], ids=["default", "fixed_charges"])
+def test_default_long_branch_continuous_at_each_cutoff(kind, charges, frames, tolerances):
+    """``scalepool train --branch long`` as built: a Na-Cl pair crossing each cutoff."""
+    options = {"fixed_charges": True} if charges == "fixed" else {}
+    model = build_branch("long", **options).double()
+    batch = batch_of(frames, torch.float64)
+    assert model.cutoff == 6.0 and model.electrostatics.method == "p3m"
+    assert model.electrostatics.switch_width > 0  # the real-space term is switched, not cut
+    i, j = ion_pair(batch)
+    atol = tolerances[torch.float64]["atol"]
+    T.assert_cutoff_continuity(model, batch, cutoffs_of(model)[kind], i, j, delta=CONTINUITY_STEP, atol=atol)
 
 
 @pytest.mark.parametrize(

@@ -147,6 +147,9 @@ def test_build_branch_routes_options():
     long = build_branch("long", cutoff=5.5, n_features=8, fixed_charges=True, method="ewald")
     assert isinstance(long, LongRangeBranch) and long.cutoff == 5.5 and long.backbone.n_features == 8
     assert long.electrostatics.fixed_charges and long.config["electrostatics"]["method"] == "ewald"
+    switched = build_branch("long", real_space_cutoff=8.0, switch_width=0.5)
+    assert switched.electrostatics.real_space_cutoff == 8.0
+    assert switched.config["electrostatics"]["switch_width"] == 0.5
     short = build_branch("short")
     assert isinstance(short, ShortRangeBranch) and short.cutoff == 4.5
     assert build_branch("long").cutoff == 6.0

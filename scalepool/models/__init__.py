@@ -40,7 +40,7 @@ from ._edge_ops import (
     gather_pair_dot,
     outer_scatter,
 )
-from ._electrostatics import TESTBED_CHARGES, LatentChargeEwald
+from ._electrostatics import TESTBED_CHARGES, LatentChargeEwald, SwitchedCoulombPotential, quintic_switch
 from ._mixed import DEFAULT_SPECIES, ROUTER_RADII, MixedForceModel, router_mlp, smooth_router_features
 from ._muse import MuSE
 from ._painn import PaiNN
@@ -79,6 +79,7 @@ __all__ = [
     "SchNet",
     "ShortRangeBranch",
     "SoftAssignment",
+    "SwitchedCoulombPotential",
     "SoftCoarseGraining",
     "bessel_basis",
     "build_branch",
@@ -97,6 +98,7 @@ __all__ = [
     "load_model",
     "outer_scatter",
     "polynomial_cutoff",
+    "quintic_switch",
     "register_model",
     "save_model",
     "scatter_sum",

@@ -324,6 +324,22 @@ def save_model(model: ForceModel, path: str | os.PathLike) -> Path:
     return path
 
 
+def _upgrade_config(config: Any) -> Any:
+    """A saved config as the current code must read it to rebuild the same model.
+
+    Electrostatics heads saved before the real-space switch existed had a hard
+    real-space cutoff: ``switch_width`` absent means 0 (not today's default).
+    """
+    if isinstance(config, dict):
+        config = {key: _upgrade_config(value) for key, value in config.items()}
+        head = config.get("electrostatics")
+        if isinstance(head, dict) and "switch_width" not in head:
+            config["electrostatics"] = {**head, "switch_width": 0.0}
+    elif isinstance(config, list):
+        config = [_upgrade_config(value) for value in config]
+    return config
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> ForceModel:
     """Rebuild a model written by :func:`save_model`; dtype follows the stored weights."""
     path = Path(path)
@@ -332,7 +348,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device | None 
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a scalepool model file (expected format {_FORMAT!r})")
-    model = build_model(payload["config"])
+    model = build_model(_upgrade_config(payload["config"]))
     state = payload["state_dict"]
     dtype = next((v.dtype for v in state.values() if v.is_floating_point()), None)
     if dtype is not None:
