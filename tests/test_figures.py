@@ -33,7 +33,9 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     cache = synthetic_cache(n_frames=10, n_atoms=60, n_ions=4, seed=0)
     f0, f1 = cache.anchor_forces()
-    cache = dataclasses.replace(cache, branches={**cache.branches, "muse": 0.5 * (f0 + f1)}, meta={})
+    short_2 = f0 + 0.05 * np.random.default_rng(1).normal(size=f0.shape)  # a second run of short
+    branches = {**cache.branches, "muse": 0.5 * (f0 + f1), "short_2": short_2}
+    cache = dataclasses.replace(cache, branches=branches, meta={})
     pred = cache.save(root / "pred.npz")
     for name, options in TINY.items():
         run_study(name, [pred], root / name, **options)
@@ -122,4 +124,28 @@ def test_refinement_figure_shows_the_rounds(results, tmp_path):
     left = fig.axes[0]
     xs = np.unique(np.concatenate([c.get_offsets()[:, 0] for c in left.collections if len(c.get_offsets())]))
     assert xs.tolist() == [r["round"] for r in history["rounds"]]
+    matplotlib.pyplot.close(fig)
+
+
+def test_method_table_sets_the_null_control_beside_each_method(results):
+    """One hatched bar per routing method: the same method's overall MAE on the null pair."""
+    import pandas as pd
+
+    from scalepool.plots._scale_figures import method_table
+    from scalepool.plots._style import use_style
+
+    table = pd.read_csv(results / "oracle_table" / "table.csv", keep_default_na=False, na_values=[""])
+    real, null = table[table.pair == "real"], table[table.pair == "null"].set_index("method")
+    with use_style():
+        fig = method_table(results)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        m.replace("(upper bound)", "(UB)") for m in real.method
+    ]
+    hatched = [c for c in ax.containers if getattr(c, "patches", None) and c.patches[0].get_hatch()]
+    assert len(hatched) == 1
+    widths = np.array([p.get_width() for p in hatched[0].patches])
+    expected = [null.overall_mae.get("null: " + m, np.nan) if f else np.nan
+                for m, f in zip(real.method, real.fitted_on.notna(), strict=True)]  # fmt: skip
+    np.testing.assert_allclose(widths, expected)
     matplotlib.pyplot.close(fig)

@@ -18,7 +18,10 @@ def register(commands) -> None:
         "branch alone, the best global scale (chosen on val), oracle hard routing over {0, 1}, the "
         "continuous oracle, the oracle over a pool refined on val and over that pool after differentiable "
         "updates, a learned hard router and a learned continuous router (both fitted on train only). "
-        "Rows marked '(upper bound)' read the test labels. Several caches (seeds) give mean and std.",
+        "Rows marked '(upper bound)' read the test labels. Several caches (seeds) give mean and std. "
+        "Every method is repeated on a null pair (by default short and short_2, two runs of one branch, "
+        "when every cache holds short_2): rows 'null: ...'; 'excess over null' is the real pair's gain over "
+        "its better single branch minus the null pair's, in percentage points.",
     )
     table.add_argument(
         "--pred",
@@ -49,6 +52,12 @@ def register(commands) -> None:
     table.add_argument("--router-steps", type=int, default=300, help="optimiser steps per router")
     table.add_argument("--seed", type=int, default=0, help="router initialisation seed")
     table.add_argument(
+        "--null-pair",
+        default="auto",
+        metavar="A,B|auto|none",
+        help="null control pair of branches (default auto: <anchor0>,<anchor0>_2 when every cache has it)",
+    )
+    table.add_argument(
         "--device", default="cpu", help="torch device for routers and soft updates (cpu, cuda)"
     )
     table.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -59,7 +68,7 @@ def _table(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import PredictionCache
-    from ..scales import format_table, scale_table
+    from ..scales import format_table, parse_null_pair, scale_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,8 +84,10 @@ def _table(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         return_details=True,
+        null_pair=parse_null_pair(args.null_pair),
     )
     print(format_table(df))
+    print(df.attrs["null_note"])
     print(f"({time.perf_counter() - start:.1f} s)")
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ..scales import CONTINUOUS_ORACLE, HARD_ORACLE, NULL_PREFIX
 from ..units import EV_TO_MEV
 from ._style import CLOSE_CONTACT_LABEL, color, plt
 
 UPPER = "(upper bound)"
+#: the continuous oracle's name in results written before it was called [0,1]-constrained
+_LEGACY_CONTINUOUS = ("continuous oracle (upper bound)", "continuous oracle")
 #: Fewest atoms a distance bin needs to be drawn.
 MIN_BIN = 10
 
@@ -53,11 +56,9 @@ def global_s(results: Path):
                 best = rows.loc[rows[metric].idxmin()]
                 ax.plot(best.s, best[metric], "o", color=color("mixture"), ms=5)
         if table is not None:
-            for method, ls in (
-                (f"oracle hard routing {{0,1}} {UPPER}", ":"),
-                (f"continuous oracle {UPPER}", "-."),
-            ):
-                value = table.loc[table.method == method, metric]
+            for method, ls in ((HARD_ORACLE, ":"), (CONTINUOUS_ORACLE, "-.")):
+                names = (method, *_LEGACY_CONTINUOUS[:1]) if method == CONTINUOUS_ORACLE else (method,)
+                value = table.loc[table.method.isin(names), metric]
                 if not value.empty and np.isfinite(value.iloc[0]):
                     ax.axhline(
                         value.iloc[0],
@@ -127,12 +128,14 @@ def pool_refinement(results: Path):
     if reference is not None:
         for pool, ls in (
             ("anchors {0,1}", ":"),
-            ("continuous oracle", "-."),
+            (CONTINUOUS_ORACLE, "-."),
             ("paper {0,.125,.25,.375,.5,.75,1}", "--"),
         ):
-            value = reference.loc[reference.pool == pool, "overall_mae"]
+            names = (pool, *_LEGACY_CONTINUOUS) if pool == CONTINUOUS_ORACLE else (pool,)
+            value = reference.loc[reference.pool.isin(names), "overall_mae"]
             if not value.empty:
-                right.axhline(value.iloc[0], ls=ls, color=color("oracle"), lw=1, label=f"{pool} (UB)")
+                label = pool.replace(f" {UPPER}", "")
+                right.axhline(value.iloc[0], ls=ls, color=color("oracle"), lw=1, label=f"{label} (UB)")
     for r, row in stats.iterrows():
         if np.isfinite(row.gap):
             right.annotate(
@@ -177,24 +180,37 @@ def router_choice(results: Path):
 
 
 def method_table(results: Path):
-    """The scale table as bars: test MAE of every method, overall and in close contact."""
+    """The scale table as bars: test MAE of every method, overall and in close contact, and
+    (hatched) the overall MAE of the same method on the null pair (two runs of one branch)."""
     table = _read(results / "oracle_table" / "table.csv")
     if table is None:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(table) + 1.2))
+    # a plain read_csv turns the label "null" into NaN
+    pairs = table["pair"].fillna("null") if "pair" in table else pd.Series("real", index=table.index)
+    null = table[(pairs == "null").to_numpy()].set_index("method")
+    table = table[(pairs == "real").to_numpy()].reset_index(drop=True)
+    fitted = table["fitted_on"].fillna("") if "fitted_on" in table else pd.Series("x", index=table.index)
+    # single branches have no null counterpart of the same name (the null pair's s=1 is another run)
+    keys = (NULL_PREFIX + table.method).where(fitted != "")
+    bars = [("overall_mae", "overall", table), ("close_contact_mae", CLOSE_CONTACT_LABEL, table)]
+    if not null.empty:
+        bars.append(("overall_mae", "overall, null pair", null.reindex(keys).reset_index(drop=True)))
+    fig, ax = plt.subplots(figsize=(6.8, 0.4 * len(table) + 1.2))
     y = np.arange(len(table))
-    height = 0.38
-    for k, (metric, label) in enumerate(
-        (("overall_mae", "overall"), ("close_contact_mae", CLOSE_CONTACT_LABEL))
-    ):
-        std = table.get(f"{metric}_std")
-        ax.barh(y + (k - 0.5) * height, table[metric], height, xerr=None if std is None else std.fillna(0),
-                color=f"C{k}", label=label, error_kw={"lw": 0.8})  # fmt: skip
+    height = 0.8 / len(bars)
+    for k, (metric, label, rows) in enumerate(bars):
+        std = rows.get(f"{metric}_std")
+        style = (
+            {"color": "0.8", "hatch": "///", "edgecolor": "0.4"} if "null" in label else {"color": f"C{k}"}
+        )
+        ax.barh(y + (k - (len(bars) - 1) / 2) * height, rows[metric], height,
+                xerr=None if std is None else std.fillna(0), label=label, error_kw={"lw": 0.8},
+                **style)  # fmt: skip
     names = [m.replace(" (upper bound)", " (UB)") for m in table.method]
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("test force MAE (meV/Å)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
     ax.set_title("scale layer on the test split (UB: reads test labels)")
     return fig
 

@@ -19,7 +19,13 @@ from ._generator import (
     interpolate,
 )
 from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion, nearest_ion_distances
-from ._mixed_fit import cache_router_features, fit_router
+from ._mixed_fit import (
+    MixedFitResult,
+    cache_router_features,
+    check_train_frames,
+    fit_mixed_model,
+    fit_router,
+)
 from ._oracle import (
     LOSSES,
     hard_route,
@@ -33,15 +39,45 @@ from ._problem import RoutingProblem
 from ._routers import ContinuousRouter, HardRouter, LeakageError
 from ._samples import GRANULARITIES, SampleGroups, sample_groups
 from ._synthetic import synthetic_cache
-from ._table import METRICS, evaluate_cache, format_table, scale_table
+from ._table import (
+    CONTINUOUS_ORACLE,
+    CONTINUOUS_ROUTER,
+    EXCESS,
+    GAINS,
+    HARD_ORACLE,
+    HARD_ROUTER,
+    METRICS,
+    NULL_PREFIX,
+    ORACLE_FIT,
+    REFINED_ORACLE,
+    SOFT_ORACLE,
+    evaluate_cache,
+    format_table,
+    parse_null_pair,
+    resolve_null_pair,
+    scale_table,
+)
 
 __all__ = [
+    "MixedFitResult",
     "cache_router_features",
+    "check_train_frames",
+    "fit_mixed_model",
     "fit_router",
     "FEATURE_RADII",
     "GRANULARITIES",
     "LOSSES",
+    "CONTINUOUS_ORACLE",
+    "CONTINUOUS_ROUTER",
+    "EXCESS",
+    "GAINS",
+    "HARD_ORACLE",
+    "HARD_ROUTER",
     "METRICS",
+    "NULL_PREFIX",
+    "ORACLE_FIT",
+    "REFINED_ORACLE",
+    "SOFT_ORACLE",
     "CachedGenerator",
     "ContinuousRouter",
     "FunctionGenerator",
@@ -70,8 +106,10 @@ __all__ = [
     "optimal_scale",
     "optimal_scale_mae",
     "optimal_scale_mse",
+    "parse_null_pair",
     "propose",
     "refine_pool",
+    "resolve_null_pair",
     "sample_groups",
     "sample_losses_linear",
     "sample_losses_torch",

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from ..provenance import git_commit, library_versions, utc_now
-from ..scales import format_table
-
-_UB = "(upper bound)"
+from ..provenance import git_commit, library_versions, read_provenance, utc_now
+from ..scales import NULL_PREFIX, format_table
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() else None
+    # only empty fields are missing: pandas would also read the pair label "null" as NaN
+    return pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
 
 
-def _cell(row, metric: str, several: bool) -> str:
+def _cell(row, metric: str, several: bool, fmt: str = ".1f") -> str:
+    """``mean ± std`` (std only with several seeds); ``fmt`` may start with ``+`` for a signed mean."""
     value, std = row[metric], row.get(f"{metric}_std", float("nan"))
     if pd.isna(value):
         return "–"
-    return f"{value:.1f} ± {std:.1f}" if several and pd.notna(std) else f"{value:.1f}"
+    return f"{value:{fmt}} ± {std:{fmt.lstrip('+')}}" if several and pd.notna(std) else f"{value:{fmt}}"
 
 
 def final_table_text(results: str | os.PathLike) -> str:
@@ -41,23 +42,125 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def verdict(mean: float, std: float, n: int) -> str:
+    """Whether a routing row's gain beats its null control, as a sentence fragment.
+
+    The rule is a one-sided paired t-test at 5 %: the mean excess over null
+    (percentage points, one paired difference per seed) must exceed
+    ``t_0.95(n-1) * std / sqrt(n)`` (6.3 standard errors for two seeds, 2.9
+    for three); with one seed only its sign can be read, and the text says so.
+    """
+    from scipy.stats import t as student
+
+    if pd.isna(mean):
+        return "no null control"
+    if n >= 2 and pd.notna(std):
+        text = f"excess over null {mean:+.1f} ± {std:.1f} pp ({n} seeds)"
+        beats = mean > float(student.ppf(0.95, n - 1)) * std / math.sqrt(n)
+    else:
+        text = f"excess over null {mean:+.1f} pp (one seed, no spread to judge by)"
+        beats = mean > 0
+    return f"{text}: {'beats' if beats else 'does not beat'} the control"
+
+
+def _null_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Real rows and the null rows aligned with them (same order), or ``None`` without a control."""
+    if "pair" not in table or not (table["pair"] == "null").any():
+        return table[table.get("pair", pd.Series("real", index=table.index)) == "real"], None
+    real = table[table["pair"] == "real"].reset_index(drop=True)
+    null = table[table["pair"] == "null"].reset_index(drop=True)
+    # scale_table writes the null block in the real block's method order
+    names = null["method"].str.removeprefix(NULL_PREFIX)
+    routed = real["fitted_on"].fillna("") != ""
+    if len(null) != len(real) or not (names[routed] == real["method"][routed]).all():
+        return real, None
+    return real, null
+
+
 def scale_table_markdown(results: Path) -> str | None:
+    """Real rows beside their null control (null pair's MAE, gains over the better single
+    branch, excess over null), or the plain table for results without a null control."""
     table = _read(results / "oracle_table" / "table.csv")
     if table is None:
         return None
     several = int(table["n_seeds"].max()) > 1
+    real, null = _null_rows(table)
+    rows = []
+    for i, row in real.iterrows():
+        cells = {"method": row["method"]}
+        for metric, name in (
+            ("overall_mae", "overall"),
+            ("close_contact_mae", "close contact"),
+            ("ion_mae", "ions"),
+        ):
+            cells[name] = _cell(row, metric, several)
+            if null is not None:
+                cells[f"null: {name}"] = _cell(null.loc[i], metric, several)
+        cells["gap recovered"] = "–" if pd.isna(row["gain_recovered"]) else f"{row['gain_recovered']:.2f}"
+        if null is not None:
+            gains = (row["gain_pct"], null.loc[i, "gain_pct"])
+            cells["gain % (real / null)"] = " / ".join("–" if pd.isna(g) else f"{g:+.1f}" for g in gains)
+            cells["excess over null (pp)"] = _cell(row, "excess_over_null", several, "+.1f")
+        cells["fitted on"] = "" if pd.isna(row["fitted_on"]) else row["fitted_on"]
+        rows.append(cells)
+    return _markdown(pd.DataFrame(rows))
+
+
+def null_verdicts(results: Path) -> list[str]:
+    """One line per routing row: its excess over the null control and whether it beats it."""
+    table = _read(results / "oracle_table" / "table.csv")
+    if table is None:
+        return []
+    real, null = _null_rows(table)
+    if null is None:
+        record = read_provenance(results / "oracle_table") or {}
+        note = record.get("null_control") or "no null control in these results"
+        return [
+            f"{note[0].upper()}{note[1:]}. The gains above are not tested against routing between two "
+            "runs of one branch.",
+            "",
+        ]
+    pair = (read_provenance(results / "oracle_table") or {}).get("null_pair") or ["?", "?"]
+    lines = [
+        f"Null control: every method also routes between `{pair[0]}` and `{pair[1]}` (two runs of one "
+        "branch); *gain %* is the change against the better single branch of each pair, *excess over "
+        "null* the real pair's gain minus the null pair's, paired per seed (mean ± std over seeds); the "
+        f"single-branch rows show the null pair's branches (s=1: `{pair[1]}`). A row beats the control when "
+        "its mean excess is above zero by a one-sided paired t-test over seeds at 5 %.",
+        "",
+    ]
+    for _, row in real[real["fitted_on"].fillna("") != ""].iterrows():
+        std = row.get("excess_over_null_std", float("nan"))
+        lines.append(f"- {row['method']}: {verdict(row['excess_over_null'], std, int(row['n_seeds']))}.")
+    return [*lines, ""]
+
+
+def _section_equal_pools(results: Path) -> list[str]:
+    table = _read(results / "pool_refinement" / "equal_size_pools.csv")
+    if table is None:
+        return []
+    several = int(table["n"].max()) > 1
     rows = [
         {
-            "method": row["method"],
+            "size": int(row["size"]),
+            "pool": row["method"],
+            "scales reached": f"{row['n_scales']:.3g}",
             "overall": _cell(row, "overall_mae", several),
             "close contact": _cell(row, "close_contact_mae", several),
             "ions": _cell(row, "ion_mae", several),
-            "gap recovered": "–" if pd.isna(row["gain_recovered"]) else f"{row['gain_recovered']:.2f}",
-            "fitted on": row["fitted_on"],
+            "gap recovered": _cell(row, "gap_recovered", several, ".2f"),
         }
         for _, row in table.iterrows()
     ]
-    return _markdown(pd.DataFrame(rows))
+    return [
+        "## Pools of equal size (oracle-routed on test: upper bounds; MAE meV/Å)",
+        "",
+        "*gap recovered*: share of the gap between oracle hard routing over {0, 1} and the [0,1]-constrained "
+        "continuous oracle.",
+        "",
+        _markdown(pd.DataFrame(rows)),
+        "",
+    ]
 
 
 def _section_routers(results: Path) -> list[str]:
@@ -183,14 +286,17 @@ def write_report(
         "## Scale layer on the test split (force MAE, meV/Å)",
         "",
         "Rows marked *(upper bound)* read the test labels (oracles); the learned routers are fitted on the "
-        "train split only. *gap recovered*: share of the gap between the better single branch (chosen on "
-        "val) and the continuous oracle.",
+        "train split only (the hard router's pool is refined on val). *gap recovered*: share of the gap "
+        "between the better single branch (chosen on val) and the [0,1]-constrained continuous oracle. "
+        "Columns *null: ...* hold the same method routing between two runs of one branch.",
         "",
         scale_table_markdown(results) or "(no results)",
         "",
+        *null_verdicts(results),
         *_section_routers(results),
         *_section_branches(results),
         *_section_pool(results),
+        *_section_equal_pools(results),
         *_section_swap(results),
         *_section_hessian(results),
         *_section_search(results),
