@@ -6,8 +6,10 @@ and applied to the test split without its labels.  The oracles (hard routing
 over the pool, continuous interpolation) read the test labels: upper bounds.
 Outputs (meV/Å):
 
-- ``routers.csv``: one row per cache, seed and method (``upper_bound`` flag);
-- ``summary.csv``: mean and std over caches and seeds per method;
+- ``routers.csv``: one row per cache, seed and learned router, and one per cache
+  for each oracle (no seed: oracles do not depend on it; ``upper_bound`` flag);
+- ``summary.csv``: mean and std per method, over caches and seeds (learned) or
+  caches (oracles);
 - ``choices.csv``: per test sample (first cache, first seed, a subsample) the
   nearest-ion distance and the scale chosen by each router and each oracle;
 - ``confusion.csv``: counts of (oracle pool choice, router pool choice);
@@ -69,16 +71,11 @@ def run(
 
         base = {"cache": label, "pool": pool.label()}
         fixed = [
-            (f"oracle hard routing over the pool {UPPER}", scales[oracle_choice], True),
-            (f"continuous oracle {UPPER}", oracle_s, True),
+            (f"oracle hard routing over the pool {UPPER}", scales[oracle_choice]),
+            (f"[0,1]-constrained continuous oracle {UPPER}", oracle_s),
         ]
-        for method, sample_scales, upper in fixed:
-            for (
-                seed
-            ) in seeds:  # the oracles do not depend on the seed; repeated so every method has every seed
-                rows.append(
-                    {**base, "seed": seed, "method": method, "upper_bound": upper, **score(sample_scales)}
-                )
+        for method, sample_scales in fixed:  # seed-free: one row per cache (seed empty)
+            rows.append({**base, "seed": None, "method": method, "upper_bound": True, **score(sample_scales)})
         train, test_inputs = cache.select("train"), cache.select("test", labels=False)
         for seed in seeds:
             options = {**router_options, "seed": int(seed), "device": device}
@@ -86,7 +83,8 @@ def run(
             hard_s = hard.predict_scales(test_inputs)
             continuous = ContinuousRouter(**options).fit(train)
             cont_s = continuous.predict_scales(test_inputs)
-            for method, sample_scales in (("learned hard router", hard_s), ("learned continuous s", cont_s)):
+            learned = (("learned hard router (pool chosen on val)", hard_s), ("learned continuous s", cont_s))
+            for method, sample_scales in learned:
                 rows.append(
                     {**base, "seed": seed, "method": method, "upper_bound": False, **score(sample_scales)}
                 )
