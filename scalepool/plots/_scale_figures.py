@@ -52,9 +52,13 @@ def global_s(results: Path):
                 continue
             _band(ax, rows.s, rows[metric], rows[f"{metric}_std"], ls=style, color=color("mixture"),
                   label=f"F(s), {split}")  # fmt: skip
-            if split == "test":
-                best = rows.loc[rows[metric].idxmin()]
-                ax.plot(best.s, best[metric], "o", color=color("mixture"), ms=5)
+        test, val = curve[curve.split == "test"], curve[curve.split == "val"]
+        if not test.empty and not val.empty and val[metric].notna().any():
+            # the deployable choice: s minimising the val curve, scored on test (mean curves)
+            chosen = float(val.loc[val[metric].idxmin(), "s"])
+            at = test.iloc[int(np.argmin(np.abs(test.s.to_numpy() - chosen)))]
+            ax.plot(at.s, at[metric], "o", color=color("mixture"), ms=5,
+                    label=f"s = {chosen:.3g} chosen on val, its test MAE")  # fmt: skip
         if table is not None:
             for method, ls in ((HARD_ORACLE, ":"), (CONTINUOUS_ORACLE, "-.")):
                 names = (method, *_LEGACY_CONTINUOUS[:1]) if method == CONTINUOUS_ORACLE else (method,)
