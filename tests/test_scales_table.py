@@ -256,3 +256,17 @@ def test_table_at_testbed_size():
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in details[0]["timings_s"].items())
     print(f"\nscale table, 100 frames x 1,500 atoms: {elapsed:.1f} s ({timings})")
     _check_rows(table)
+
+
+def test_scale_settings_are_checked_once_with_the_setting_named():
+    from scalepool.scales import ScaleSettings
+    from scalepool.studies import STUDIES, run_study
+
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        ScaleSettings.validated(granularity="molecule")
+    with pytest.raises(ValueError, match=r"unknown scale setting\(s\) \['tolerance'\]"):
+        ScaleSettings.validated(tolerance=0.1)
+    # the studies' defaults are the settings' defaults (stated once)
+    assert STUDIES["oracle_table"].options["tol"].default == ScaleSettings.tol
+    with pytest.raises(ValueError, match="max_size must be at least 2"):
+        run_study("oracle_table", ["unused.npz"], "unused", max_size=1)

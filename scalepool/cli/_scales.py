@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ..scales import add_scale_arguments
+
 
 def register(commands) -> None:
     scales = commands.add_parser("scales", help="scale layer: oracles, pool refinement, routers, tables")
@@ -35,21 +37,7 @@ def register(commands) -> None:
     table.add_argument(
         "--history", type=Path, default=None, help="folder for each cache's pool refinement history (JSON)"
     )
-    table.add_argument(
-        "--granularity",
-        choices=("frame", "ion", "atom"),
-        default="atom",
-        help="samples sharing one scale (default atom; 'ion': each atom joins its nearest ion)",
-    )
-    table.add_argument(
-        "--loss",
-        choices=("mae", "mse"),
-        default="mae",
-        help="loss minimised by oracles, refinement and routers (default mae)",
-    )
-    table.add_argument("--tol", type=float, default=1e-3, help="relative gain needed to insert a scale")
-    table.add_argument("--max-size", type=int, default=16, help="largest refined pool (default 16)")
-    table.add_argument("--router-steps", type=int, default=300, help="optimiser steps per router")
+    add_scale_arguments(table, "granularity", "loss", "tol", "max_size", "router_steps")
     table.add_argument("--seed", type=int, default=0, help="router initialisation seed")
     table.add_argument(
         "--null-pair",

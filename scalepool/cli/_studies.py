@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..scales import add_scale_arguments
+
 
 def register(commands) -> None:
     _register_search(commands)
@@ -29,11 +31,15 @@ def register(commands) -> None:
     reproduce = commands.add_parser(
         "reproduce",
         help="one command from the OpenMM testbed to the final table, figures and report",
-        description="Generate the NaCl testbed (OpenMM), train the short, long and MuSE branches (two at a "
-        "time on 2 cores), write the prediction cache, run every study and the Hessian benchmark, draw every "
-        "figure, print the final table and write report.md beside the figures. Each stage is skipped when its "
-        "output exists and is valid, so an interrupted run continues where it stopped. --quick takes about 11 "
-        "minutes on 2 CPU cores; the full run is estimated at 4.5 hours (three model seeds, full widths).",
+        description="Generate the NaCl testbed (OpenMM); for three model seeds train the real pair (short, "
+        "long), the null pair's short_2 (a second seed of short at the same budget) and MuSE (two runs at a "
+        "time on 2 cores); write one prediction cache per seed, run every study and the Hessian benchmark, "
+        "draw every figure, print the final table and write report.md beside the figures. Training budgets "
+        "are epochs (equal optimiser steps for every branch): with --threads 1 a rerun gives the same "
+        "numbers; a wall-clock safety stop only marks a run far slower than expected as incomplete in the "
+        "report (rerun to finish it). Each stage is skipped when its output exists and is valid, so an "
+        "interrupted run continues where it stopped. --quick takes about 12 minutes on 2 CPU cores; the full "
+        "run is estimated at 16 hours on 2 cores (full widths, 6,400 steps a run).",
     )
     reproduce.add_argument(
         "--out", required=True, type=Path, help="run folder (data/, runs/, results/, figures/)"
@@ -49,13 +55,15 @@ def register(commands) -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads for training and prediction (default 1: fastest on a shared 2-core machine)",
+        help="torch CPU threads for training and prediction (default 1: fastest on a shared 2-core machine, "
+        "and bit-for-bit reproducible)",
     )
     reproduce.add_argument(
         "--jobs",
         type=int,
         default=None,
-        help="branches trained side by side, one process each (default: CPU cores // --threads; 1 on CUDA)",
+        help="runs trained (and seeds predicted) side by side, one process each (default: CPU cores // "
+        "--threads; 1 on CUDA); changes the wall time, not the results",
     )
     reproduce.add_argument(
         "--figures-dir",
@@ -138,7 +146,7 @@ def _register_search(commands) -> None:
     scales.add_argument(
         "--space", choices=("pool", "refine", "router"), default="pool", help="what to search"
     )
-    scales.add_argument("--granularity", choices=("frame", "ion", "atom"), default="atom")
+    add_scale_arguments(scales, "granularity")
     scales.add_argument("--size-penalty", type=float, default=0.1, help="meV/Å per scale beyond the anchors")
     scales.add_argument("--max-inner", type=int, default=6, help="most scales besides the anchors")
     scales.set_defaults(func=_search_scales, default_trials=200)

@@ -38,6 +38,7 @@ from ._pool import RefinementHistory, RoundRecord, ScalePool, propose, refine_po
 from ._problem import RoutingProblem
 from ._routers import ContinuousRouter, HardRouter, LeakageError
 from ._samples import GRANULARITIES, SampleGroups, sample_groups
+from ._settings import SCALE_FIELDS, ScaleField, ScaleSettings, add_scale_arguments
 from ._synthetic import synthetic_cache
 from ._table import (
     CONTINUOUS_ORACLE,
@@ -59,6 +60,10 @@ from ._table import (
 )
 
 __all__ = [
+    "SCALE_FIELDS",
+    "ScaleField",
+    "ScaleSettings",
+    "add_scale_arguments",
     "MixedFitResult",
     "cache_router_features",
     "check_train_frames",

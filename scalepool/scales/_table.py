@@ -60,6 +60,7 @@ from ._oracle import optimal_scale
 from ._pool import ANCHORS, refine_pool
 from ._problem import RoutingProblem
 from ._routers import ContinuousRouter, HardRouter
+from ._settings import ScaleSettings
 
 METRICS = ("overall_mae", "close_contact_mae", "ion_mae")
 UPPER_BOUND = "(upper bound)"
@@ -95,11 +96,11 @@ def _metrics(problem: RoutingProblem, atom_scales: np.ndarray, close: np.ndarray
 
 def evaluate_cache(
     cache: PredictionCache,
-    granularity: str = "atom",
-    loss: str = "mae",
-    tol: float = 1e-3,
-    max_size: int = 16,
-    router_steps: int = 300,
+    granularity: str = ScaleSettings.granularity,
+    loss: str = ScaleSettings.loss,
+    tol: float = ScaleSettings.tol,
+    max_size: int = ScaleSettings.max_size,
+    router_steps: int = ScaleSettings.router_steps,
     soft_steps: int = 150,
     seed: int = 0,
     device: str = "cpu",
@@ -264,11 +265,11 @@ def _with_null(real: pd.DataFrame, null: pd.DataFrame | None) -> pd.DataFrame:
 
 def scale_table(
     caches: PredictionCache | list[PredictionCache],
-    granularity: str = "atom",
-    loss: str = "mae",
-    tol: float = 1e-3,
-    max_size: int = 16,
-    router_steps: int = 300,
+    granularity: str = ScaleSettings.granularity,
+    loss: str = ScaleSettings.loss,
+    tol: float = ScaleSettings.tol,
+    max_size: int = ScaleSettings.max_size,
+    router_steps: int = ScaleSettings.router_steps,
     soft_steps: int = 150,
     seed: int = 0,
     device: str = "cpu",
@@ -295,6 +296,9 @@ def scale_table(
     if not caches:
         raise ValueError("scale_table needs at least one prediction cache")
     pair, note = resolve_null_pair(caches, null_pair)
+    ScaleSettings.validated(  # one check, with a message naming the setting
+        granularity=granularity, loss=loss, tol=tol, max_size=max_size, router_steps=router_steps
+    )
     settings = (granularity, loss, tol, max_size, router_steps, soft_steps)
     tables, details = [], []
     for i, cache in enumerate(caches):

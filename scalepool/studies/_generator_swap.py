@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..scales import scale_table
+from ..scales import ScaleSettings, scale_table
 from ._common import SplitView, global_s_curve, mean_std, open_study
-from ._study import Option, Study
+from ._study import Option, Study, scale_options
 
 NAME = "generator_swap"
 
@@ -37,10 +37,10 @@ def run(
     generator="muse",
     base="short",
     cutoff_anchor="long",
-    granularity="atom",
-    loss="mae",
-    tol=1e-3,
-    router_steps=300,
+    granularity=ScaleSettings.granularity,
+    loss=ScaleSettings.loss,
+    tol=ScaleSettings.tol,
+    router_steps=ScaleSettings.router_steps,
     soft_steps=150,
 ) -> Path:
     caches, labels, results = open_study(
@@ -98,13 +98,10 @@ STUDY = Study(
     "no cache holds forces_muse.",
     run=run,
     options={
+        **scale_options("granularity", "loss", "tol", "router_steps"),
         "generator": Option(str, "muse", None, "branch at s=1 of the swapped generator"),
         "base": Option(str, "short", None, "branch at s=0"),
         "cutoff_anchor": Option(str, "long", None, "s=1 branch of the cutoff generator compared against"),
-        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-        "loss": Option(str, "mae", None, "loss", ("mae", "mse")),
-        "tol": Option(float, 1e-3, None, "pool refinement tolerance"),
-        "router_steps": Option(int, 300, 120, "optimiser steps per learned router"),
         "soft_steps": Option(int, 150, 60, "steps of the differentiable pool update"),
     },
 )

@@ -36,9 +36,18 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import element_symbol
-from ..scales import EXCESS, GAINS, METRICS, RoutingProblem, format_table, parse_null_pair, scale_table
+from ..scales import (
+    EXCESS,
+    GAINS,
+    METRICS,
+    RoutingProblem,
+    ScaleSettings,
+    format_table,
+    parse_null_pair,
+    scale_table,
+)
 from ._common import SplitView, binned, global_s_curve, mean_std, open_study, subsample
-from ._study import Option, Study
+from ._study import Option, Study, scale_options
 
 NAME = "oracle_table"
 
@@ -76,11 +85,11 @@ def run(
     seeds=(0,),
     device="cpu",
     parameters=None,
-    granularity="atom",
-    loss="mae",
-    tol=1e-3,
-    max_size=16,
-    router_steps=300,
+    granularity=ScaleSettings.granularity,
+    loss=ScaleSettings.loss,
+    tol=ScaleSettings.tol,
+    max_size=ScaleSettings.max_size,
+    router_steps=ScaleSettings.router_steps,
     soft_steps=150,
     points=4000,
     null_pair="auto",
@@ -178,11 +187,7 @@ STUDY = Study(
     "oracle's best s vs nearest-ion distance.",
     run=run,
     options={
-        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-        "loss": Option(str, "mae", None, "loss minimised by oracles and refinement", ("mae", "mse")),
-        "tol": Option(float, 1e-3, None, "relative gain needed to insert a scale"),
-        "max_size": Option(int, 16, None, "largest refined pool"),
-        "router_steps": Option(int, 300, 120, "optimiser steps per learned router"),
+        **scale_options("granularity", "loss", "tol", "max_size", "router_steps"),
         "soft_steps": Option(int, 150, 60, "steps of the differentiable pool update"),
         "points": Option(int, 4000, 2000, "atoms kept in oracle_s_points.csv"),
         "null_pair": Option(

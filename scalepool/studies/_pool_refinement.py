@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..scales import CONTINUOUS_ORACLE, RoutingProblem, ScalePool, refine_pool
+from ..scales import CONTINUOUS_ORACLE, RoutingProblem, ScalePool, ScaleSettings, refine_pool
 from ..units import EV_TO_MEV
 from ._common import SplitView, mean_std, open_study
-from ._study import Option, Study
+from ._study import Option, Study, scale_options
 
 NAME = "pool_refinement"
 PAPER_POOL = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -130,12 +130,12 @@ def run(
     seeds=(0,),
     device="cpu",
     parameters=None,
-    granularity="atom",
-    loss="mae",
-    tol=1e-3,
-    max_size=16,
+    granularity=ScaleSettings.granularity,
+    loss=ScaleSettings.loss,
+    tol=ScaleSettings.tol,
+    max_size=ScaleSettings.max_size,
     max_rounds=12,
-    proposals="midpoints",
+    proposals=ScaleSettings.proposals,
     pool_sizes=(5, 7, 9),
     search_trials=60,
 ) -> Path:
@@ -238,10 +238,7 @@ STUDY = Study(
     "pools compared at equal size.",
     run=run,
     options={
-        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-        "loss": Option(str, "mae", None, "loss minimised by the refinement", ("mae", "mse")),
-        "tol": Option(float, 1e-3, None, "relative gain needed to insert a scale"),
-        "max_size": Option(int, 16, None, "largest pool"),
+        **scale_options("granularity", "loss", "tol", "max_size"),
         "max_rounds": Option(int, 12, None, "most refinement rounds"),
         "proposals": Option(
             str,

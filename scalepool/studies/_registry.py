@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..provenance import is_complete
+from ..scales import SCALE_FIELDS, ScaleSettings
 from . import (
     _branch_comparison,
     _generator_swap,
@@ -122,6 +123,7 @@ def run_study(
     if unknown:
         raise ValueError(f"study {name} has no option(s) {sorted(unknown)}; it takes {sorted(options)}")
     options.update({k: v for k, v in overrides.items() if v is not None})
+    ScaleSettings.validated(**{k: v for k, v in options.items() if k in SCALE_FIELDS})  # checked once, here
     seeds = tuple(seeds) if seeds else study.seeds(quick)
     if study.inputs == "runs":  # (dataset, runs): the dataset's checksum is the recorded input
         data, runs = preds

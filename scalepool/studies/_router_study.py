@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..scales import ContinuousRouter, HardRouter, RoutingProblem, refine_pool
+from ..scales import ContinuousRouter, HardRouter, RoutingProblem, ScaleSettings, refine_pool
 from ._common import SplitView, mean_std, open_study, subsample
-from ._study import Option, Study
+from ._study import Option, Study, scale_options
 
 NAME = "routers"
 UPPER = "(upper bound)"
@@ -39,11 +39,11 @@ def run(
     seeds=(0, 1, 2),
     device="cpu",
     parameters=None,
-    granularity="atom",
-    loss="mae",
-    tol=1e-3,
-    max_size=16,
-    router_steps=300,
+    granularity=ScaleSettings.granularity,
+    loss=ScaleSettings.loss,
+    tol=ScaleSettings.tol,
+    max_size=ScaleSettings.max_size,
+    router_steps=ScaleSettings.router_steps,
     hidden=32,
     layers=2,
     points=4000,
@@ -140,11 +140,7 @@ STUDY = Study(
     "each router's choice against the oracle's per sample.",
     run=run,
     options={
-        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
-        "loss": Option(str, "mae", None, "training loss", ("mae", "mse")),
-        "tol": Option(float, 1e-3, None, "pool refinement tolerance"),
-        "max_size": Option(int, 16, None, "largest refined pool"),
-        "router_steps": Option(int, 300, 120, "optimiser steps per router"),
+        **scale_options("granularity", "loss", "tol", "max_size", "router_steps"),
         "hidden": Option(int, 32, None, "router MLP width (0: linear)"),
         "layers": Option(int, 2, None, "router MLP depth"),
         "points": Option(int, 4000, 2000, "samples kept in choices.csv"),

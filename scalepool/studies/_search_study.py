@@ -20,8 +20,9 @@ import pandas as pd
 
 from .._files import write_json
 from ..provenance import ResultsDir
+from ..scales import ScaleSettings
 from ._common import as_paths, cache_labels, mean_std
-from ._study import Option, Study
+from ._study import Option, Study, scale_options
 
 NAME = "search"
 _SCORES = ("best_value", "test_pool_oracle", "test_router", "test_anchor_oracle", "test_continuous_oracle")
@@ -49,7 +50,7 @@ def run(
     n_trials=200,
     router_trials=30,
     size_penalty=0.1,
-    granularity="atom",
+    granularity=ScaleSettings.granularity,
     storage=None,
 ) -> Path:
     import optuna
@@ -108,11 +109,11 @@ STUDY = Study(
     "router settings), resumable in a SQLite study; best trials re-run on test.",
     run=run,
     options={
+        **scale_options("granularity"),
         "spaces": Option(str, "pool+refine+router", "pool+refine", "search spaces joined by '+'"),
         "n_trials": Option(int, 300, 60, "finished trials per pool/refine study"),
         "router_trials": Option(int, 30, 8, "finished trials per router study"),
         "size_penalty": Option(float, 0.1, None, "meV/Å per scale beyond the anchors"),
-        "granularity": Option(str, "atom", None, "samples sharing one scale", ("frame", "ion", "atom")),
         "storage": Option(str, None, None, "optuna storage (default <out>/study.db)"),
     },
 )

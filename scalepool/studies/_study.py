@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..scales import SCALE_FIELDS
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:
@@ -46,3 +48,12 @@ class Study:
 
     def seeds(self, quick: bool = False) -> tuple[int, ...]:
         return self.quick_seeds if quick and self.quick_seeds is not None else self.default_seeds
+
+
+def scale_options(*names: str) -> dict[str, Option]:
+    """Study options of scale-layer settings, from :data:`scalepool.scales.SCALE_FIELDS`
+    (defaults are the :class:`~scalepool.scales.ScaleSettings` attributes, stated once)."""
+    return {
+        name: Option(field.type, field.default(name), field.quick, field.help, field.choices)
+        for name, field in ((n, SCALE_FIELDS[n]) for n in names)
+    }
