@@ -15,7 +15,7 @@ from scalepool.scales import (
     RoutingProblem,
     interpolate,
     nearest_ion,
-    nearest_ion_distances,
+    nearest_ion_distance_frames,
     synthetic_cache,
 )
 
@@ -167,12 +167,12 @@ def test_geometry_agrees_with_the_data_descriptors():
     cache = synthetic_cache(n_frames=3, n_atoms=120, n_ions=6, seed=4)
     ours = nearest_ion(cache.positions, cache.numbers, cache.cell)[1]
     np.testing.assert_allclose(
-        ours, nearest_ion_distances(cache.positions, cache.numbers, cache.cell), atol=1e-10
+        ours, nearest_ion_distance_frames(cache.positions, cache.numbers, cache.cell), atol=1e-10
     )
     skewed = np.broadcast_to(np.array([[22.0, 0, 0], [5.0, 21.0, 0], [-4.0, 3.0, 23.0]]), (3, 3, 3))
     ours = nearest_ion(cache.positions, cache.numbers, skewed)[1]
     np.testing.assert_allclose(
-        ours, nearest_ion_distances(cache.positions, cache.numbers, skewed), atol=1e-10
+        ours, nearest_ion_distance_frames(cache.positions, cache.numbers, skewed), atol=1e-10
     )
     # an ion's nearest ion is another ion, or itself for routing domains
     index, distance = nearest_ion(cache.positions, cache.numbers, cache.cell, exclude_self=False)

@@ -219,7 +219,7 @@ def test_table_over_seeds_and_cli(tmp_path, capsys):
     _scales.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "table.csv"
     args = parser.parse_args(
-        ["scales", "table", "--pred", *map(str, paths), "--csv", str(out), "--router-steps", "60",
+        ["table", "--pred", *map(str, paths), "--csv", str(out), "--router-steps", "60",
          "--history", str(tmp_path / "hist")]
     )  # fmt: skip
     assert args.func(args) == 0
@@ -234,7 +234,7 @@ def test_table_over_seeds_and_cli(tmp_path, capsys):
     assert (table.overall_mae_std > 0).all()
     assert (tmp_path / "hist" / "pred0.refinement.json").exists()
     # --null-pair none: the real rows only
-    args = parser.parse_args(["scales", "table", "--pred", str(paths[0]), "--router-steps", "5",
+    args = parser.parse_args(["table", "--pred", str(paths[0]), "--router-steps", "5",
                               "--null-pair", "none"])  # fmt: skip
     assert args.func(args) == 0
     printed = capsys.readouterr().out

@@ -22,8 +22,8 @@ from scalepool.scales import synthetic_cache
 from scalepool.search import (
     ModelSearch,
     ScaleSearch,
+    open_results,
     open_storage,
-    open_study,
     parse_space,
     recover_dead_trials,
     search_models,
@@ -148,7 +148,7 @@ def _count(storage, name, states):
 
 def test_sigkill_then_resume_loses_no_finished_trial(cache_path, tmp_path):
     storage = tmp_path / "study.db"
-    args = ["search", "scales", "--pred", str(cache_path), "--storage", str(storage), "--space", "router",
+    args = ["search", "settings", "--pred", str(cache_path), "--storage", str(storage), "--space", "router",
             "--n-trials", "5", "--seed", "1", "--threads", "1"]  # fmt: skip
     process = subprocess.Popen(_worker(args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -186,7 +186,7 @@ def test_sigkill_then_resume_loses_no_finished_trial(cache_path, tmp_path):
 
 def test_two_workers_share_one_sqlite_study(cache_path, tmp_path):
     storage = tmp_path / "study.db"
-    args = ["search", "scales", "--pred", str(cache_path), "--storage", str(storage), "--space", "pool",
+    args = ["search", "settings", "--pred", str(cache_path), "--storage", str(storage), "--space", "pool",
             "--n-trials", "40", "--threads", "1"]  # fmt: skip
     workers = [subprocess.Popen(_worker([*args, "--worker", str(i)]), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
@@ -204,7 +204,7 @@ def test_two_workers_share_one_sqlite_study(cache_path, tmp_path):
 
 def test_recover_dead_trials_requeues_parameters(tmp_path):
     storage = open_storage(tmp_path / "s.db")
-    study = open_study(storage, "dead")
+    study = open_results(storage, "dead")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{os.uname().nodename}:999999999")
     assert recover_dead_trials(study) == [trial.number]
@@ -251,7 +251,7 @@ def test_model_search_prunes_per_epoch(tmp_path):
 
 
 def test_cli_search_scales(cache_path, tmp_path, capsys):
-    code = _studies.main(["search", "scales", "--pred", str(cache_path), "--storage", str(tmp_path / "c.db"),
+    code = _studies.main(["search", "settings", "--pred", str(cache_path), "--storage", str(tmp_path / "c.db"),
                           "--n-trials", "5", "--out", str(tmp_path / "o")])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""``scalepool scales ...``: the scale layer on cached branch predictions."""
+"""``scalepool table``: the scale layer's methods on cached branch predictions."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from ..scales import add_scale_arguments
 
 
 def register(commands) -> None:
-    scales = commands.add_parser("scales", help="scale layer: oracles, pool refinement, routers, tables")
-    sub = scales.add_subparsers(dest="scales_command", metavar="SUBCOMMAND", required=True)
-    table = sub.add_parser(
+    table = commands.add_parser(
         "table",
-        help="test-split MAE table of every scale-layer method (meV/Å)",
+        help="test-split MAE table of every scale-layer method with its null control (meV/Å)",
         description="Evaluate on the test split of prediction caches (written by 'scalepool predict'): each "
         "branch alone, the best global scale (chosen on val), oracle hard routing over {0, 1}, the "
         "continuous oracle, the oracle over a pool refined on val and over that pool after differentiable "

@@ -135,7 +135,7 @@ def _register_search(commands) -> None:
     common.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (default 1)")
 
     scales = sub.add_parser(
-        "scales",
+        "settings",
         parents=[common],
         help="fast searches on a prediction cache: pool size/values, refinement, routers",
         description="Search pool sizes and values, refinement settings or router settings on a prediction "

@@ -99,7 +99,7 @@ def ion_counts(distances: np.ndarray, radii: tuple[float, ...], exclude_zero: bo
     return np.stack([((distances < r) & valid).sum(axis=-1) for r in radii], axis=-1).astype(np.float64)
 
 
-def nearest_ion_distances(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
+def nearest_ion_distance_frames(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
     """Close-contact descriptor: ``(F, N)`` distance to the nearest other ion, Å.
 
     Delegates frame by frame to :func:`scalepool.data.nearest_ion_distance`

@@ -1,7 +1,7 @@
 """``ScaleSettings``: the scale layer's settings, their defaults, checks and help stated once.
 
-The scale table, every study that routes, and the ``scales table`` and
-``search scales`` commands take these settings; their signatures default to
+The scale table, every study that routes, and the ``table`` and
+``search settings`` commands take these settings; their signatures default to
 the class attributes (``granularity: str = ScaleSettings.granularity``), the
 studies' options and the command-line flags are generated from
 :data:`SCALE_FIELDS`, and :meth:`ScaleSettings.validated` checks a request

@@ -55,7 +55,7 @@ from ..data import PredictionCache
 from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
 from ._differentiable import fit_pool_scales
 from ._generator import interpolate
-from ._geometry import ion_mask, nearest_ion_distances
+from ._geometry import ion_mask, nearest_ion_distance_frames
 from ._oracle import optimal_scale
 from ._pool import ANCHORS, refine_pool
 from ._problem import RoutingProblem
@@ -127,7 +127,7 @@ def evaluate_cache(
     test = RoutingProblem(cache, "test", granularity, loss)
     test_cache = cache.select("test")
     close = (
-        nearest_ion_distances(test_cache.positions, test_cache.numbers, test_cache.cell)
+        nearest_ion_distance_frames(test_cache.positions, test_cache.numbers, test_cache.cell)
         < CLOSE_CONTACT_CUTOFF
     )
     ions = ion_mask(cache.numbers)[None, :]

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..metrics import MAE, N_ATOMS, RMSE, constant_force_baseline, element_symbol, force_errors
 from ..units import EV_TO_MEV
-from ._common import SplitView, binned, mean_std, open_study, subsample
+from ._common import SplitView, binned, mean_std, open_results, subsample
 from ._study import Option, Study
 
 NAME = "branch_comparison"
@@ -38,7 +38,7 @@ def _models(cache, view_index) -> dict[str, np.ndarray]:
 
 
 def run(preds, out, *, seeds=(0,), device="cpu", parameters=None, parity_points=3000) -> Path:
-    caches, labels, results = open_study(
+    caches, labels, results = open_results(
         preds, out, NAME, parameters or {"parity_points": parity_points}, seeds
     )
     rows, profiles, parity, comp = [], [], [], {}

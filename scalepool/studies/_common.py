@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..data import PredictionCache
 from ..provenance import ResultsDir
-from ..scales import interpolate, ion_mask, nearest_ion_distances
+from ..scales import interpolate, ion_mask, nearest_ion_distance_frames
 from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
 
 #: Å, bin edges of nearest-ion distance profiles (the last bin is open-ended).
@@ -54,7 +54,7 @@ class SplitView:
     @classmethod
     def of(cls, cache: PredictionCache, split: str) -> SplitView:
         sub = cache.select(split)
-        nearest = nearest_ion_distances(sub.positions, sub.numbers, sub.cell)
+        nearest = nearest_ion_distance_frames(sub.positions, sub.numbers, sub.cell)
         return cls(sub, nearest, nearest < CLOSE_CONTACT_CUTOFF, ion_mask(sub.numbers))
 
     def errors(self, atom_scales) -> dict[str, float]:
@@ -157,8 +157,8 @@ def as_paths(paths) -> list[Path]:
     return [Path(p) for p in paths]
 
 
-class OpenedStudy(NamedTuple):
-    """What every cache-reading study starts from (see :func:`open_study`).
+class OpenedResults(NamedTuple):
+    """What every cache-reading study starts from (see :func:`open_results`).
 
     Attributes
     ----------
@@ -172,9 +172,9 @@ class OpenedStudy(NamedTuple):
     results: ResultsDir
 
 
-def open_study(preds, out, name: str, parameters: dict, seeds) -> OpenedStudy:
+def open_results(preds, out, name: str, parameters: dict, seeds) -> OpenedResults:
     """Load and validate the caches ``preds`` (one path or many; errors name the file)
     and open the results folder ``out`` of study ``name`` with its provenance."""
     paths = as_paths(preds)
     caches = load_caches(paths)
-    return OpenedStudy(caches, cache_labels(paths), ResultsDir(out, name, parameters, seeds, paths))
+    return OpenedResults(caches, cache_labels(paths), ResultsDir(out, name, parameters, seeds, paths))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..scales import ScaleSettings, scale_table
-from ._common import SplitView, global_s_curve, mean_std, open_study
+from ._common import SplitView, global_s_curve, mean_std, open_results
 from ._study import Option, Study, scale_options
 
 NAME = "generator_swap"
@@ -43,7 +43,7 @@ def run(
     router_steps=ScaleSettings.router_steps,
     soft_steps=150,
 ) -> Path:
-    caches, labels, results = open_study(
+    caches, labels, results = open_results(
         preds, out, NAME, parameters or {"generator": generator, "base": base}, seeds
     )
     usable = [(lab, c) for lab, c in zip(labels, caches, strict=True) if {base, generator} <= set(c.branches)]

@@ -46,7 +46,7 @@ from ..scales import (
     parse_null_pair,
     scale_table,
 )
-from ._common import SplitView, binned, global_s_curve, mean_std, open_study, subsample
+from ._common import SplitView, binned, global_s_curve, mean_std, open_results, subsample
 from ._study import Option, Study, scale_options
 
 NAME = "oracle_table"
@@ -95,7 +95,7 @@ def run(
     null_pair="auto",
 ) -> Path:
     options = dict(granularity=granularity, loss=loss, tol=tol, max_size=max_size)
-    caches, labels, results = open_study(
+    caches, labels, results = open_results(
         preds,
         out,
         NAME,

@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..scales import CONTINUOUS_ORACLE, RoutingProblem, ScalePool, ScaleSettings, refine_pool
 from ..units import EV_TO_MEV
-from ._common import SplitView, mean_std, open_study
+from ._common import SplitView, mean_std, open_results
 from ._study import Option, Study, scale_options
 
 NAME = "pool_refinement"
@@ -140,7 +140,7 @@ def run(
     search_trials=60,
 ) -> Path:
     settings = dict(granularity=granularity, loss=loss, tol=tol, max_size=max_size, max_rounds=max_rounds)
-    caches, labels, results = open_study(
+    caches, labels, results = open_results(
         preds,
         out,
         NAME,

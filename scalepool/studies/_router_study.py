@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..scales import ContinuousRouter, HardRouter, RoutingProblem, ScaleSettings, refine_pool
-from ._common import SplitView, mean_std, open_study, subsample
+from ._common import SplitView, mean_std, open_results, subsample
 from ._study import Option, Study, scale_options
 
 NAME = "routers"
@@ -51,7 +51,7 @@ def run(
     router_options = dict(
         granularity=granularity, loss=loss, steps=router_steps, hidden=hidden, layers=layers
     )
-    caches, labels, results = open_study(
+    caches, labels, results = open_results(
         preds, out, NAME, parameters or {**router_options, "tol": tol}, seeds
     )
     rows, agreement, choices, confusion = [], [], None, None
