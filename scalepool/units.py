@@ -47,7 +47,12 @@ PS_TO_FS = 1.0e3
 HYDROGEN, OXYGEN, SODIUM, CHLORINE = 1, 8, 11, 17
 #: Atomic numbers counted as ions for close-contact descriptors.
 ION_NUMBERS = (SODIUM, CHLORINE)
-#: Nearest-ion distance below which an atom is in close contact (Å); 0.6 nm as in the paper.
+#: Nearest-ion distance below which an atom is "near an ion" (Å): the paper's 0.6 nm
+#: close-contact radius, which holds 2 of 3 testbed atoms (a near-ion, not a contact, subset).
 CLOSE_CONTACT_CUTOFF = 6.0
+#: Contact ion pair: nearest counter-ion within this distance (Å).  The first minimum of the
+#: Na-Cl g(r) of the default testbed (``scalepool data info data/nacl_default.npz``: first peak
+#: 2.75 Å, first minimum 3.55 Å in 0.1 Å bins over 200 ps; g < 0.1 from 3.35 to 3.65 Å).
+CONTACT_PAIR_DISTANCE = 3.5
 
 __all__ = [name for name in dir() if name.isupper()]

@@ -99,7 +99,7 @@ def test_cache_errors_table(setup, tmp_path):
     # the trained long branch (cutoff of the reference potential) beats the constant baseline
     assert table.loc["overall", "long MAE"] < table.loc["overall", "baseline MAE"]
     close = cache_errors(cache, "val", nearest_ion=np.full((4, frames.n_atoms), 5.0))
-    assert close.loc["close", "n_atoms"] == 4 * frames.n_atoms and close.loc["non-close", "n_atoms"] == 0
+    assert close.loc["near-ion", "n_atoms"] == 4 * frames.n_atoms and close.loc["far-from-ions", "n_atoms"] == 0
     with pytest.raises(ValueError, match="split must be one of"):
         cache_errors(cache, "dev")
 
@@ -162,8 +162,8 @@ def test_cli_predict_prints_test_table(setup, tmp_path, capsys):
         "Na",
         "Cl",
         "ions",
-        "close",
-        "non-close",
+        "near-ion",
+        "far-from-ions",
     ):
         assert word in printed
     assert list(PredictionCache.load(out).branches) == ["short", "long"]

@@ -123,7 +123,7 @@ def test_branch_comparison_matches_direct_errors(results, caches):
         expected = EV_TO_MEV * np.abs(forces.astype(float) - cache.forces_ref).mean()
         row = errors[(errors.cache == "seed0") & (errors.split == "test") & (errors.model == branch)]
         assert row.set_index("subset").loc["overall", "mae_meV_A"] == pytest.approx(expected, rel=1e-6)
-    assert {"overall", "ions", "close", "non-close", "Na", "Cl", "O", "H"} <= set(errors.subset)
+    assert {"overall", "ions", "near-ion", "far-from-ions", "Na", "Cl", "O", "H"} <= set(errors.subset)
     summary = pd.read_csv(results / "branch_comparison" / "summary.csv")
     assert (summary.n == 2).all() and (summary.mae_meV_A_std.dropna() >= 0).all()
     assert set(pd.read_csv(results / "branch_comparison" / "parity.csv").branch) == {

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from ase.data import chemical_symbols
 
-from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV, ION_NUMBERS
+from ..units import CHLORINE, CLOSE_CONTACT_CUTOFF, CONTACT_PAIR_DISTANCE, EV_TO_MEV, ION_NUMBERS, SODIUM
 from ._frameset import FrameSet
 
 
@@ -58,7 +58,31 @@ def summarize(frames: FrameSet, close_cutoff: float = CLOSE_CONTACT_CUTOFF) -> d
         summary["close_contact_fraction_ions"] = float(descriptors["close_contact"][:, ions].mean())
         summary["min_ion_ion_distance_A"] = float(np.min(descriptors["min_ion_ion"]))
         summary["close_cutoff_A"] = close_cutoff
+        summary.update(_contact_pairs(frames))
     return summary
+
+
+def _contact_pairs(frames: FrameSet) -> dict:
+    """Na-Cl g(r) first peak and minimum, and the share of ions in a contact pair."""
+    from ._rdf import contact_ion_mask, first_minimum, radial_distribution
+
+    if frames.cell is None or not (np.isin(SODIUM, frames.numbers) and np.isin(CHLORINE, frames.numbers)):
+        return {}
+    heights = np.abs(np.linalg.det(frames.cell)) / np.linalg.norm(
+        np.cross(frames.cell[:, [1, 2, 0]], frames.cell[:, [2, 0, 1]]), axis=-1
+    ).max(axis=-1)
+    r, g = radial_distribution(frames, SODIUM, CHLORINE, r_max=min(8.0, 0.5 * float(heights.min())), width=0.1)
+    out = {"NaCl_rdf_first_peak_A": round(float(r[np.argmax(g)]), 3)}
+    try:
+        out["NaCl_rdf_first_minimum_A"] = round(first_minimum(r, g), 3)
+    except ValueError:  # too few pairs for a peak
+        pass
+    ions = np.isin(frames.numbers, ION_NUMBERS)
+    mask = contact_ion_mask(frames.positions, frames.numbers, frames.cell, CONTACT_PAIR_DISTANCE)
+    out["contact_pair_fraction_ions"] = float(mask[:, ions].mean())
+    out["contact_pair_fraction_frames"] = float(mask.any(axis=1).mean())
+    out["contact_pair_distance_A"] = CONTACT_PAIR_DISTANCE
+    return out
 
 
 def format_summary(summary: dict, stats: pd.DataFrame) -> str:

@@ -68,7 +68,7 @@ def force_errors(
     close_cutoff: float = CLOSE_CONTACT_CUTOFF,
     ion_numbers=ION_NUMBERS,
 ) -> pd.DataFrame:
-    """Force errors overall, per species, for ions and by close contact.
+    """Force errors overall, per species, for ions and near ions (nearest ion within a radius).
 
     Parameters
     ----------
@@ -76,15 +76,15 @@ def force_errors(
     numbers : (N,) int, atomic numbers
     nearest_ion : (F, N) or (N,), Å, nearest-ion distance of every atom (see
         :func:`scalepool.data.frameset_descriptors`); without it the
-        close-contact rows are left out
-    close_cutoff : Å; close contact means ``nearest_ion < close_cutoff``
+        near-ion rows are left out
+    close_cutoff : Å; an atom is near an ion when ``nearest_ion < close_cutoff`` (6 Å, the paper's radius)
     ion_numbers : atomic numbers counted in the ``ions`` row
 
     Returns
     -------
     DataFrame indexed by subset: ``overall``, one row per element symbol
     (ascending atomic number), ``ions``, and with ``nearest_ion`` also
-    ``close`` and ``non-close``.  Columns ``mae_meV_A`` and ``rmse_meV_A``
+    ``near-ion`` and ``far-from-ions``.  Columns ``mae_meV_A`` and ``rmse_meV_A``
     (meV/Å, over force components, see the module docstring), ``n_atoms``
     (atom-frame samples) and ``n_components`` (3 per sample).  An empty subset
     has NaN errors and zero counts.
@@ -116,8 +116,8 @@ def force_errors(
         if not close_cutoff > 0:
             raise ValueError(f"close_cutoff must be a positive distance in Å, got {close_cutoff}")
         close = nearest < close_cutoff
-        rows["close"] = _row(error, close)
-        rows["non-close"] = _row(error, ~close)
+        rows["near-ion"] = _row(error, close)
+        rows["far-from-ions"] = _row(error, ~close)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "subset"
     return table.astype({N_ATOMS: "int64", N_COMPONENTS: "int64"})

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..models import BRANCHES  # noqa: E402
+from ..units import CONTACT_PAIR_DISTANCE  # noqa: E402
 
 STYLE = Path(__file__).resolve().parent / "scalepool.mplstyle"
 FORMATS = ("png", "pdf")
@@ -24,7 +25,7 @@ COLORS = {
     "router": "#E69F00",
     "baseline": "0.6",
 }
-CLOSE_CONTACT_LABEL = "close contact (< 6 Å)"
+CLOSE_CONTACT_LABEL = f"ions in a contact pair (counter-ion ≤ {CONTACT_PAIR_DISTANCE:g} Å)"
 
 
 @contextlib.contextmanager

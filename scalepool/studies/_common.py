@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ..data import PredictionCache
+from ..metrics import Subsets, subset_errors
 from ..provenance import ResultsDir
-from ..scales import interpolate, ion_mask, nearest_ion_distance_frames
-from ..units import CLOSE_CONTACT_CUTOFF, EV_TO_MEV
+from ..scales import interpolate
 
 #: Å, bin edges of nearest-ion distance profiles (the last bin is open-ended).
 DISTANCE_EDGES = (0.0, *np.round(np.arange(2.0, 10.01, 0.5), 3).tolist())
@@ -36,26 +36,36 @@ def cache_labels(paths) -> list[str]:
 
 @dataclasses.dataclass
 class SplitView:
-    """One split of a cache with its close-contact descriptors.
+    """One split of a cache with its error subsets (:class:`scalepool.metrics.Subsets`).
 
     Attributes
     ----------
     cache : the split's frames (labels kept)
+    subsets : the masks every table reports
     nearest : (F, N) Å, distance of every atom to the nearest other ion
-    close : (F, N) bool, ``nearest < CLOSE_CONTACT_CUTOFF``
+    close : (F, N) bool, ions in a contact pair (the ``close_contact_mae`` subset)
     ions : (N,) bool
     """
 
     cache: PredictionCache
-    nearest: np.ndarray
-    close: np.ndarray
-    ions: np.ndarray
+    subsets: Subsets
 
     @classmethod
     def of(cls, cache: PredictionCache, split: str) -> SplitView:
         sub = cache.select(split)
-        nearest = nearest_ion_distance_frames(sub.positions, sub.numbers, sub.cell)
-        return cls(sub, nearest, nearest < CLOSE_CONTACT_CUTOFF, ion_mask(sub.numbers))
+        return cls(sub, Subsets.of(sub.positions, sub.numbers, sub.cell))
+
+    @property
+    def nearest(self) -> np.ndarray:
+        return self.subsets.nearest_ion
+
+    @property
+    def close(self) -> np.ndarray:
+        return self.subsets.contact_ions
+
+    @property
+    def ions(self) -> np.ndarray:
+        return self.subsets.ions[0]
 
     def errors(self, atom_scales) -> dict[str, float]:
         """MAEs (meV/Å, over force components) of F(s) with per-atom scales ``(F, N)``
@@ -65,16 +75,8 @@ class SplitView:
         return self.masked_errors(error)
 
     def masked_errors(self, error: np.ndarray) -> dict[str, float]:
-        """Overall, close-contact and ion means of absolute errors ``(F, N, 3)`` eV/Å, in meV/Å."""
-
-        def mean(mask):
-            return EV_TO_MEV * float(error[mask].mean()) if mask.any() else float("nan")
-
-        return {
-            "overall_mae": EV_TO_MEV * float(error.mean()),
-            "close_contact_mae": mean(self.close),
-            "ion_mae": mean(np.broadcast_to(self.ions[None, :], self.close.shape)),
-        }
+        """Subset MAEs (meV/Å) of absolute errors ``(F, N, 3)`` eV/Å (:func:`scalepool.metrics.subset_errors`)."""
+        return subset_errors(error, self.subsets)
 
 
 def global_s_curve(view: SplitView, grid=S_GRID) -> pd.DataFrame:
