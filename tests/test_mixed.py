@@ -60,7 +60,9 @@ def test_router_scales_in_unit_interval_and_position_dependent(frames):
 def test_smooth_features_are_differentiable(frames):
     batch = AtomsBatch.from_frameset(frames, dtype=torch.float64)
     pos = batch.positions.clone().requires_grad_(True)
-    feats = smooth_router_features(AtomsBatch(pos, batch.numbers, batch.frame_index, batch.cell, batch.n_frames))
+    feats = smooth_router_features(
+        AtomsBatch(pos, batch.numbers, batch.frame_index, batch.cell, batch.n_frames)
+    )
     assert feats.shape == (batch.n_atoms, 3 + 4)
     (grad,) = torch.autograd.grad(feats[:, :3].sum(), pos)
     assert torch.isfinite(grad).all() and float(grad.abs().max()) > 0
@@ -96,26 +98,59 @@ def test_save_load_round_trip(tmp_path, frames):
     torch.testing.assert_close(a["forces"], b["forces"], rtol=0, atol=0)
 
 
-def test_calculator_nve_conserves_energy(frames):
+def _nve(frames, model, steps: int = 20):
+    """Velocity Verlet, 0.25 fs steps from 100 K.
+
+    Returns the drift ``max_t |E_tot(t) - E_tot(0)|`` (eV) and the router logits (steps, n_atoms).
+    """
     from ase import Atoms, units
     from ase.md.verlet import VelocityVerlet
 
     atoms = Atoms(numbers=frames.numbers, positions=frames.positions[0], cell=frames.cell[0], pbc=True)
-    atoms.calc = ScalepoolCalculator(_model(), float64=True)
+    calc = ScalepoolCalculator(model, float64=True)
+    atoms.calc = calc
     rng = np.random.default_rng(0)
     masses = atoms.get_masses()[:, None]
     atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * 100.0))
     dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
-    totals = [atoms.get_total_energy()]
-    for _ in range(20):
+    totals, logits = [atoms.get_total_energy()], []
+    for _ in range(steps):
         dyn.run(1)
         totals.append(atoms.get_total_energy())
+        with torch.no_grad():
+            logits.append(model.logits(model.features(calc.atoms_to_batch(atoms))).numpy())
     totals = np.asarray(totals)
-    kinetic = atoms.get_kinetic_energy()
     assert np.isfinite(totals).all()
-    drift = np.abs(totals - totals[0]).max()
-    print(f'drift {drift:.2e} eV, kinetic {kinetic:.2e} eV')
-    assert drift < 2e-3, (drift, kinetic)
+    return float(np.abs(totals - totals[0]).max()), np.asarray(logits)
+
+
+def test_calculator_nve_conserves_energy(frames):
+    drift, _ = _nve(frames, _model().double())
+    assert drift < 2e-3, drift
+
+
+def test_nve_check_catches_the_non_conservative_hard_router(frames):
+    """Negative control: the same check fails for ``hard=True``.
+
+    Without a flip of some atom's choice hard mixing is smooth too, so the
+    router is first shifted to put the atom whose logit moves most along the
+    trajectory at s = 0.5 on average; then its choice flips during the run.
+    """
+    _, logits = _nve(frames, _model().double())
+    atom = int(logits.std(axis=0).argmax())
+    offset = float(logits[:, atom].mean())
+    drifts = {}
+    for hard in (False, True):
+        model = _model().double()
+        model.hard = hard
+        with torch.no_grad():
+            model.router[-1].bias -= offset
+        drifts[hard], logits = _nve(frames, model)
+        flips = int(((logits[1:] > 0) != (logits[:-1] > 0)).sum())
+        assert flips >= 1, "no atom switched branch: the control would test nothing"
+    # soft: the router term keeps E_tot constant through the switch; hard: E_tot jumps at the flip
+    assert drifts[False] < 2e-3, drifts
+    assert drifts[True] > 2e-3 and drifts[True] > 20 * drifts[False], drifts
 
 
 def test_calculator_refuses_mixed_pbc():

@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _data, _scales, _studies, _train
+    from . import _data, _mix, _scales, _studies, _train
 
     parser = argparse.ArgumentParser(
         prog="scalepool",
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _data.register(commands)
     _train.register(commands)
+    _mix.register(commands)
     _scales.register(commands)
     _studies.register(commands)
     return parser

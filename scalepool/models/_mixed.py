@@ -206,5 +206,3 @@ class MixedForceModel(ForceModel):
         e1 = self.branch1.atomic_energies(batch) - self.delta(batch.numbers)
         s = self.scales(batch)
         return e0 + s * (e1 - e0)
-
-

@@ -1,18 +1,31 @@
-"""Fitting a :class:`~scalepool.models.MixedForceModel` router on a prediction cache.
+"""Fitting a :class:`~scalepool.models.MixedForceModel`: the router on a prediction
+cache, then the whole mixture end to end through its own forces.
 
-Everything here reads the train split of a :class:`PredictionCache` only
-(:class:`LeakageError` otherwise).
+- :func:`fit_router` (fast, minutes-free): the router minimises the cached
+  per-atom interpolation ``(1 - s) F0 + s F1`` against ``F_ref``.  That is not
+  the deployed model's force: mixing energies is not mixing forces, and the
+  router term ``-(e1 - e0 - delta_Z) ds/dx`` is left out.  Use it as a warm start.
+- :func:`fit_mixed_model`: the loss is the MAE of the model's own forces
+  ``-dE/dx`` on dataset frames, so what is fitted is what MD runs.
+
+Both read train frames only (:class:`LeakageError` otherwise).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
+
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..data import PredictionCache
+from ..data import FrameSet, PredictionCache
 from ..models import AtomsBatch, MixedForceModel
-from ._routers import _Router
+from ..units import EV_TO_MEV
+from ._routers import LeakageError, _Router
 
 
 @torch.no_grad()
@@ -96,3 +109,261 @@ def fit_router(
             "mae_branch1": mae(torch.ones_like(s)),
             "mean_scale": float(s.mean()),
         }
+
+
+# ---------------------------------------------------------------------------- end to end
+@dataclasses.dataclass
+class MixedFitResult:
+    """What :func:`fit_mixed_model` did.  Errors are force MAEs in meV/Å over the
+    force components of the ``monitor_index`` train frames (the same frames before
+    and after), so they compare like with like.
+
+    Attributes
+    ----------
+    steps, frames_per_step : optimiser steps taken and frames in each
+    losses : (steps,) meV/Å, the minibatch loss of each step
+    train_mae_initial, train_mae_final : the mixed model's own forces
+        (``-dE/dx``, router term included) before and after the fit
+    train_mae_branch0, train_mae_branch1 : each branch alone
+    mean_scale_initial, mean_scale_final : mean per-atom s on those frames
+    monitor_index : dataset frames of the before/after errors (train frames only)
+    seconds_per_step : wall time of one optimiser step (reported, never a budget)
+    kept_initial : the fit did not lower the monitor error, so the starting
+        parameters were restored (``keep_best``); ``train_mae_final`` is then theirs
+    """
+
+    steps: int
+    frames_per_step: int
+    losses: list[float]
+    train_mae_initial: float
+    train_mae_final: float
+    train_mae_branch0: float
+    train_mae_branch1: float
+    mean_scale_initial: float
+    mean_scale_final: float
+    monitor_index: list[int]
+    seconds_per_step: float
+    kept_initial: bool = False
+
+    @property
+    def best_branch_mae(self) -> float:
+        return min(self.train_mae_branch0, self.train_mae_branch1)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_train_frames(frames: FrameSet, index, split_fractions, split_gap: int = 0) -> np.ndarray:
+    """``index`` as an int array, or :class:`LeakageError` when a frame lies outside the
+    train block of the time-block split ``(split_fractions, split_gap)``."""
+    index = np.atleast_1d(np.asarray(index))
+    if index.size == 0 or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"train_index must be a non-empty array of frame indices, got {index!r}")
+    blocks = frames.split_indices(tuple(split_fractions), split_gap)
+    outside = np.setdiff1d(index, blocks["train"])
+    if outside.size:
+        where = [name for name in ("val", "test") if np.isin(outside, blocks[name]).any()]
+        inside = (outside >= 0) & (outside < frames.n_frames)
+        if not inside.all():
+            where.append("none (not a frame of the dataset)")
+        if not np.isin(outside[inside], np.concatenate([blocks["val"], blocks["test"]])).all():
+            where.append("gap")
+        raise LeakageError(
+            f"the mixed model is fitted on train frames only; {outside.size} frame(s) "
+            f"(e.g. {outside[:5].tolist()}) lie in split(s) {where} of fractions "
+            f"{tuple(split_fractions)} gap {split_gap}; train frames are "
+            f"{int(blocks['train'][0])}..{int(blocks['train'][-1])}"
+        )
+    return index
+
+
+def _batch(model: MixedForceModel, frames: FrameSet, index) -> AtomsBatch:
+    param = next(model.parameters())
+    return AtomsBatch.from_frameset(frames, index, device=param.device, dtype=param.dtype)
+
+
+def _chunks(index: np.ndarray, size: int):
+    return [index[i : i + size] for i in range(0, len(index), size)]
+
+
+def _monitor(model: MixedForceModel, frames: FrameSet, index: np.ndarray, size: int, branches: bool):
+    """Force MAEs (meV/Å) of the mixed model (and of each branch) and the mean scale on ``index``."""
+    sums, n, s_sum = np.zeros(3), 0, 0.0
+    members = [model, model.branch0, model.branch1] if branches else [model]
+    for chunk in _chunks(index, size):
+        batch = _batch(model, frames, chunk)
+        for k, member in enumerate(members):
+            forces = member(batch, create_graph=False)["forces"].detach()
+            sums[k] += float((forces - batch.forces).abs().double().sum())
+        with torch.no_grad():
+            s_sum += float(model.scales(batch).double().sum())
+        n += batch.forces.numel()
+    mae = sums / max(n, 1) * EV_TO_MEV
+    return mae, s_sum / max(n // 3, 1)
+
+
+@torch.no_grad()
+def _centre_delta(model: MixedForceModel, frames: FrameSet, index: np.ndarray, size: int) -> None:
+    """Set ``delta_correction`` so that ``e1 - e0 - delta_Z`` has zero mean per species on ``index``:
+    a small coefficient of ``ds/dx`` is what keeps the router term of the forces small."""
+    model.delta_correction.zero_()
+    sums = torch.zeros_like(model.delta_correction)
+    counts = torch.zeros_like(model.delta_correction)
+    for chunk in _chunks(index, size):
+        batch = _batch(model, frames, chunk)
+        gap = (
+            model.branch1.atomic_energies(batch)
+            - model.delta(batch.numbers)
+            - model.branch0.atomic_energies(batch)
+        )
+        sums.index_add_(0, batch.numbers, gap)
+        counts.index_add_(0, batch.numbers, torch.ones_like(gap))
+    model.delta_correction.copy_(torch.where(counts > 0, sums / counts.clamp_min(1), 0.0))
+
+
+def fit_mixed_model(
+    model: MixedForceModel,
+    frames: FrameSet,
+    train_index,
+    *,
+    split_fractions: tuple[float, float, float],
+    split_gap: int = 0,
+    steps: int | None = 200,
+    epochs: int | None = None,
+    frames_per_step: int = 1,
+    lr: float = 1e-3,
+    delta_lr: float = 1e-2,
+    train_delta: bool = True,
+    centre_delta: bool = True,
+    freeze_branches: bool = True,
+    monitor_frames: int | None = 16,
+    keep_best: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> MixedFitResult:
+    """Fit the router (and ``delta_correction``) through the model's own conservative forces.
+
+    The loss of a step is the force MAE (eV/Å, over components) of
+    ``model(batch)["forces"]``, i.e. ``-dE/dx`` of the mixed energy with the
+    router term ``-(e1 - e0 - delta_Z) ds/dx`` and the energy (not force) mixing
+    included, against ``frames.forces``: the quantity MD uses, unlike the cached
+    interpolation of :func:`fit_router`.  Its gradient goes through the forces
+    (``create_graph``), so a step costs about four energy+force evaluations of
+    both branches.  The router is refined from its current state (warm-start it
+    with :func:`fit_router`; its feature standardisation is set here from the
+    train frames when it is still the identity).
+
+    Parameters
+    ----------
+    model : moved nowhere; fitted on its device and in its dtype
+    frames : the dataset; ``train_index`` its frames to fit on
+    split_fractions, split_gap : the time-block split the branches were trained
+        with; every frame of ``train_index`` must lie in its train block
+        (:class:`LeakageError` otherwise)
+    steps, epochs : budget in optimiser steps, or in passes over ``train_index``
+        (``epochs`` wins when given); never wall-clock
+    frames_per_step : frames per optimiser step
+    lr, delta_lr : Adam learning rates of the router and of ``delta_correction``
+        (eV), both annealed to zero by a cosine schedule over the budget
+    train_delta : also fit ``delta_correction``; ``centre_delta`` first sets it
+        so that ``e1 - e0 - delta_Z`` has zero mean per species on the monitor frames
+    freeze_branches : keep the branches fixed (``requires_grad`` is restored afterwards)
+    monitor_frames : number of train frames (evenly spread) on which the
+        before/after errors are measured; ``None``: all
+    keep_best : restore the starting parameters when the fit ends with a higher
+        monitor error than it started with (train frames only, so no leakage)
+    seed : frame order; the fit is deterministic for a given seed and thread count
+
+    Returns a :class:`MixedFitResult`; ``model`` is fitted in place and left in eval mode.
+    """
+    if not isinstance(model, MixedForceModel):
+        raise TypeError(f"fit_mixed_model fits a MixedForceModel, got {type(model).__name__}")
+    if model.hard:
+        raise ValueError("a hard (0/1) router has no gradient and is not conservative; fit with hard=False")
+    if frames.forces is None:
+        raise ValueError("fitting needs the frames' reference forces")
+    index = check_train_frames(frames, train_index, split_fractions, split_gap)
+    if frames_per_step < 1:
+        raise ValueError(f"frames_per_step must be >= 1, got {frames_per_step}")
+    per_epoch = -(-len(index) // frames_per_step)
+    n_steps = int(epochs) * per_epoch if epochs is not None else int(steps or 0)
+    if n_steps < 0:
+        raise ValueError(f"the budget must be >= 0 steps, got {n_steps}")
+    n_monitor = len(index) if monitor_frames is None else min(int(monitor_frames), len(index))
+    monitor = index[np.unique(np.linspace(0, len(index) - 1, max(n_monitor, 1)).round().astype(int))]
+
+    model.eval()
+    branch_params = [p for b in (model.branch0, model.branch1) for p in b.parameters()]
+    flags = [p.requires_grad for p in branch_params]
+    try:
+        if freeze_branches:
+            for p in branch_params:
+                p.requires_grad_(False)
+        mae, scale0 = _monitor(model, frames, monitor, frames_per_step, branches=True)
+        start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        fitting = n_steps > 0  # a zero budget only measures the model as given
+        if fitting and bool((model.feature_mean == 0).all() and (model.feature_std == 1).all()):
+            _standardise_features(model, frames, index, frames_per_step)
+        if fitting and train_delta and centre_delta:
+            _centre_delta(model, frames, monitor, frames_per_step)
+        groups = [{"params": list(model.router.parameters()), "lr": lr}]
+        if train_delta:
+            groups.append({"params": [model.delta_correction], "lr": delta_lr})
+        if not freeze_branches:
+            groups.append({"params": branch_params, "lr": lr})
+        optimizer = torch.optim.Adam(groups)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: 0.5 * (1.0 + math.cos(math.pi * k / max(n_steps, 1)))
+        )
+        rng = np.random.default_rng(seed)
+        order: list[np.ndarray] = []
+        losses = []
+        start = time.perf_counter()
+        for _ in tqdm(
+            range(n_steps), disable=not progress, desc="fit mixed", unit="step", dynamic_ncols=True
+        ):
+            if not order:
+                order = _chunks(rng.permutation(index), frames_per_step)[::-1]
+            batch = _batch(model, frames, order.pop())
+            optimizer.zero_grad(set_to_none=True)
+            forces = model(batch, create_graph=True)["forces"]
+            loss = (forces - batch.forces).abs().mean()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()) * EV_TO_MEV)
+        seconds = (time.perf_counter() - start) / max(n_steps, 1)
+        final, scale1 = _monitor(model, frames, monitor, frames_per_step, branches=False)
+        kept_initial = bool(keep_best and final[0] > mae[0])
+        if kept_initial:
+            model.load_state_dict(start_state)
+            final, scale1 = mae, scale0
+    finally:
+        for p, flag in zip(branch_params, flags, strict=True):
+            p.requires_grad_(flag)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    return MixedFitResult(
+        steps=n_steps,
+        frames_per_step=frames_per_step,
+        losses=losses,
+        train_mae_initial=float(mae[0]),
+        train_mae_final=float(final[0]),
+        train_mae_branch0=float(mae[1]),
+        train_mae_branch1=float(mae[2]),
+        mean_scale_initial=scale0,
+        mean_scale_final=scale1,
+        monitor_index=monitor.tolist(),
+        seconds_per_step=seconds,
+        kept_initial=kept_initial,
+    )
+
+
+@torch.no_grad()
+def _standardise_features(model: MixedForceModel, frames: FrameSet, index: np.ndarray, size: int) -> None:
+    """Feature mean and std over the atoms of the ``index`` frames (train frames only)."""
+    feats = torch.cat([model.features(_batch(model, frames, chunk)) for chunk in _chunks(index, size)])
+    model.feature_mean.copy_(feats.mean(dim=0))
+    model.feature_std.copy_(
+        feats.std(dim=0).clamp_min(1e-6) if feats.shape[0] > 1 else torch.ones_like(feats[0])
+    )
