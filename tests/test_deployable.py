@@ -149,7 +149,7 @@ def test_mix_writes_model_and_record(mixed_path, setup):
     assert isinstance(model, MixedForceModel)
     record = json.loads(mixed_path.with_name(mixed_path.name + ".json").read_text())
     assert record["split_fractions"] == list(FRACTIONS) and record["dataset_checksum"] == frames.checksum()
-    assert record["fit"]["steps"] == 6 and record["anchors"] == ["short", "long"]
+    assert record["fit"]["steps"] == 6 and record["pair"] == ["short", "long"]
     assert set(record["fit"]["monitor_index"]) <= set(range(12))  # train frames only
 
 
@@ -239,3 +239,26 @@ def test_model_files_without_delta_correction_still_load(setup, tmp_path):
     torch.save({"format": "scalepool-model/1", "config": model.config, "state_dict": state}, path)
     loaded = load_model(path)
     assert float(loaded.delta_correction.detach().abs().sum()) == 0.0
+
+
+def test_a_null_pair_mixes_two_runs_of_one_branch(setup, tmp_path):
+    """The null pair's deployable model: two runs of the short branch, routed as if two scales."""
+    import dataclasses as dc
+
+    from scalepool.data import PredictionCache
+    from scalepool.scales import mix_from_cache
+
+    _, data, runs, pred, _ = setup
+    cache = PredictionCache.load(pred)
+    # a cache whose second short run is the long run's forces relabelled would be a lie: use a real copy
+    twin = dc.replace(cache, branches={**cache.branches, "short_2": cache.branches["short"] + 0.01}, meta={
+        **cache.meta, "runs": [*cache.meta["runs"], cache.meta["runs"][0]],
+        "run_branches": {**cache.meta.get("run_branches", {}), "short_2": "short"},
+    })  # fmt: skip
+    path = twin.save(tmp_path / "twin.npz")
+    model, record = mix_from_cache(
+        path, pair=("short", "short_2"), steps=2, router_steps=5, hidden=4, layers=1
+    )
+    assert record["pair"] == ["short", "short_2"] and record["runs"][0] == record["runs"][1]
+    with pytest.raises(ValueError, match=r"has no branch \['long_2'\]"):
+        mix_from_cache(path, pair=("short", "long_2"), steps=1)

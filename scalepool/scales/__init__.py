@@ -8,6 +8,7 @@ the train split only and are what a user can deploy.
 """
 
 
+from ._deployable import mix_from_cache, pair_runs, record_path, save_mixed
 from ._differentiable import SoftPoolRouter, fit_pool_scales, sample_losses_torch
 from ._features import FEATURE_RADII, atom_features
 from ._generator import (
@@ -60,6 +61,10 @@ from ._table import (
 )
 
 __all__ = [
+    "mix_from_cache",
+    "pair_runs",
+    "record_path",
+    "save_mixed",
     "SCALE_FIELDS",
     "ScaleField",
     "ScaleSettings",

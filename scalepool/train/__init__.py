@@ -1,6 +1,7 @@
 """Training of force branches (checkpoints, resume, early stopping) and the prediction cache."""
 
 from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device, resolve_dtype
+from ._evaluate import SPLITS, evaluate_model, recorded_split
 from ._loop import TrainResult, train
 from ._predict import evaluate_forces, predict_cache, predict_forces
 from ._run_config import read_run_config
@@ -8,6 +9,9 @@ from ._settings import LOSSES, SCHEDULERS, TrainSettings
 from ._state import HISTORY_COLUMNS
 
 __all__ = [
+    "SPLITS",
+    "evaluate_model",
+    "recorded_split",
     "BEST",
     "CHECKPOINT",
     "CONFIG",

@@ -1,0 +1,181 @@
+"""Building, fitting and saving a deployable :class:`~scalepool.models.MixedForceModel`
+from a prediction cache, and the record that says what it was fitted on.
+
+:func:`mix_from_cache` takes two branches of a cache (its anchors by default,
+or a null pair such as ``("short", "short_2")``), loads their runs' models,
+warm-starts the router on the cache's train split (:func:`fit_router`) and
+refines it end to end through the model's own conservative forces on the train
+frames of the dataset (:func:`fit_mixed_model`).  :func:`save_mixed` writes the
+model with :func:`~scalepool.models.save_model` and ``MODEL.pt.json`` beside it,
+from which :func:`scalepool.train.evaluate_model` reads the split.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._files import write_json
+from ..data import FrameSet, PredictionCache
+from ..models import MixedForceModel, load_model, save_model
+from ..provenance import git_commit, library_versions
+from ..train import BEST, read_run_config
+from ._mixed_fit import fit_mixed_model, fit_router
+
+
+def record_path(model_path: str | os.PathLike) -> Path:
+    """``mixed.pt`` -> ``mixed.pt.json``: the fit record beside a model file."""
+    return Path(str(model_path) + ".json")
+
+
+def pair_runs(cache: PredictionCache, pair: tuple[str, str], runs=None, pred="the cache") -> list[Path]:
+    """The run directories of the cache branches ``pair`` (s=0, s=1), checked against what the
+    cache records; ``runs`` given by the user must be those."""
+    names, recorded = list(cache.branches), cache.meta.get("runs")
+    missing = [name for name in pair if name not in names]
+    if missing:
+        raise ValueError(f"{pred} has no branch {missing}; it holds {names}")
+    expected = None
+    if recorded and len(recorded) == len(names):
+        expected = [Path(recorded[names.index(name)]) for name in pair]
+    if runs is None:
+        if expected is None:
+            raise ValueError(f"{pred} records no run directories; pass --run RUN0 --run RUN1")
+        return expected
+    runs = [Path(r) for r in runs]
+    if len(runs) != 2:
+        raise ValueError(f"--run must be given twice (anchor 0 then anchor 1), got {len(runs)}")
+    if expected is not None:
+        for k, (run, want) in enumerate(zip(runs, expected, strict=True)):
+            if run.resolve() != want.resolve():
+                raise ValueError(
+                    f"--run {run} is not anchor {k} of {pred}: the pair is {pair[0]!r} (s=0, run "
+                    f"{expected[0]}) and {pair[1]!r} (s=1, run {expected[1]}); pass those runs in that order"
+                )
+    return runs
+
+
+def _load(path: Path, device: str):
+    try:
+        return load_model(path, map_location=device)
+    except (RuntimeError, KeyError, EOFError, OSError) as err:  # torch.load / state-dict errors
+        raise ValueError(f"cannot load model file {path}: {err}") from err
+
+
+def mix_from_cache(
+    pred: str | os.PathLike,
+    *,
+    pair: tuple[str, str] | None = None,
+    runs=None,
+    data: str | os.PathLike | None = None,
+    hidden: int = 16,
+    layers: int = 2,
+    router_steps: int = 300,
+    steps: int | None = 200,
+    epochs: int | None = None,
+    frames_per_step: int = 1,
+    lr: float = 1e-3,
+    delta_lr: float = 1e-2,
+    train_delta: bool = True,
+    monitor_frames: int | None = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[MixedForceModel, dict[str, Any]]:
+    """A mixed model of the cache branches ``pair`` (default: the anchors), fitted on train only.
+
+    Returns ``(model, record)``; the record (JSON-serialisable) holds the runs,
+    dataset checksum, split and the fit's metrics (:class:`MixedFitResult`).
+    """
+    pred = Path(pred)
+    cache = PredictionCache.load(pred)
+    pair = tuple(pair or cache.anchors)
+    runs = pair_runs(cache, pair, runs, pred)
+    configs = [read_run_config(run) for run in runs]
+    for k, (run, config) in enumerate(zip(runs, configs, strict=True)):
+        branch = cache.meta.get("run_branches", {}).get(pair[k])
+        if branch is not None and config["branch"] != branch:
+            raise ValueError(f"run {run} trained branch {config['branch']!r}, but {pair[k]!r} is {branch!r}")
+        if not (run / BEST).exists():
+            raise FileNotFoundError(f"run {run} has no {BEST}")
+    data = data or cache.meta.get("dataset_path")
+    if data is None:
+        raise ValueError(f"{pred} records no dataset path; pass --data")
+    frames = FrameSet.load(data)
+    checksum = frames.checksum()
+    for source, recorded in [(pred, cache.meta.get("dataset_checksum"))] + [
+        (run, config["dataset"]["checksum"]) for run, config in zip(runs, configs, strict=True)
+    ]:
+        if recorded is not None and recorded != checksum:
+            raise ValueError(
+                f"{data} (checksum {checksum[:12]}...) is not the dataset of {source} ({recorded[:12]}...)"
+            )
+    splits = {(tuple(c["split"]["fractions"]), int(c["split"]["gap"])) for c in configs}
+    if "split_fractions" in cache.meta:
+        splits.add((tuple(cache.meta["split_fractions"]), int(cache.meta.get("split_gap", 0))))
+    if len(splits) != 1:
+        raise ValueError(f"the runs and the cache disagree on the split: {sorted(splits)}")
+    fractions, gap = splits.pop()
+    train_index = frames.split_indices(fractions, gap)["train"]
+    cached_train = np.asarray(cache.meta.get("frame_index", np.arange(cache.n_frames)))[cache.frames("train")]
+    if not np.array_equal(cached_train, train_index):
+        raise ValueError(
+            f"the cache's train frames differ from the train block of split {fractions} gap {gap}"
+        )
+
+    model = MixedForceModel(*(_load(run / BEST, device) for run in runs), hidden=hidden, layers=layers).to(
+        device
+    )
+    warm = None
+    if router_steps > 0:
+        # the warm start routes between the pair's cached forces, whatever the cache's anchors
+        view = cache.select("train")
+        view = PredictionCache(
+            forces_ref=view.forces_ref, branches=view.branches, numbers=view.numbers, positions=view.positions,
+            cell=view.cell, split=view.split, anchors=pair, meta=view.meta,
+        )  # fmt: skip
+        warm = fit_router(model, view, steps=router_steps, seed=seed)
+    result = fit_mixed_model(
+        model, frames, train_index, split_fractions=fractions, split_gap=gap, steps=steps, epochs=epochs,
+        frames_per_step=frames_per_step, lr=lr, delta_lr=delta_lr, train_delta=train_delta,
+        monitor_frames=monitor_frames, seed=seed, progress=progress,
+    )  # fmt: skip
+    record = {
+        "kind": "scalepool mixed model",
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "pair": list(pair),
+        "runs": [str(run.resolve()) for run in runs],
+        "prediction_cache": str(pred.resolve()),
+        "dataset_path": str(Path(data).resolve()),
+        "dataset_checksum": checksum,
+        "split_fractions": list(fractions),
+        "split_gap": gap,
+        "settings": {
+            "hidden": hidden,
+            "layers": layers,
+            "router_steps": router_steps,
+            "steps": steps,
+            "epochs": epochs,
+            "frames_per_step": frames_per_step,
+            "lr": lr,
+            "delta_lr": delta_lr,
+            "train_delta": train_delta,
+            "seed": seed,
+        },  # fmt: skip
+        "router_warm_start": warm,
+        "fit": result.as_dict(),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+    }
+    return model, record
+
+
+def save_mixed(model: MixedForceModel, record: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Write the model (atomically) and its record ``OUT.json``; returns the model path."""
+    path = save_model(model, out)
+    write_json(record_path(path), {**record, "model": str(Path(path).resolve())})
+    return Path(path)
