@@ -262,3 +262,24 @@ def test_a_null_pair_mixes_two_runs_of_one_branch(setup, tmp_path):
     assert record["pair"] == ["short", "short_2"] and record["runs"][0] == record["runs"][1]
     with pytest.raises(ValueError, match=r"has no branch \['long_2'\]"):
         mix_from_cache(path, pair=("short", "long_2"), steps=1)
+
+
+def test_deployable_study_rows_are_what_evaluate_gives(setup, tmp_path):
+    """The study's mixed-model row equals 'scalepool evaluate' on the saved file, same split."""
+    import pandas as pd
+
+    from scalepool.studies import run_study
+
+    _, data, _, pred, _ = setup
+    out, _ = run_study("deployable", [pred], tmp_path / "dep", steps=2, router_steps=5, hidden=4)
+    table = pd.read_csv(out / "deployable.csv", keep_default_na=False, na_values=[""])
+    mixed = table[table.kind == "mixed"].iloc[0]
+    saved = next(out.glob("mixed_*.pt"))
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(saved), "--data", str(data), "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert mixed.overall_mae == pytest.approx(result["overall_mae"], rel=1e-9)
+    assert mixed.ion_mae == pytest.approx(result["ion_mae"], rel=1e-9)
+    branches = table[(table.kind == "branch") & (table.pair == "real")]
+    better = branches.overall_mae.min()
+    assert mixed.gain_pct_over_better_branch == pytest.approx(100 * (better - mixed.overall_mae) / better)

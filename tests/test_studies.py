@@ -110,7 +110,8 @@ def test_every_study_writes_provenance(results, caches):
         assert "git_commit" in record and record["parameters"]["options"]
         preds = caches[2:] if name == "generator_swap" else caches[:2]
         assert [i["sha256"] for i in record["inputs"]] == [file_sha256(p) for p in preds]
-        assert record["outputs"], name
+        # the deployable study needs trained runs (tests/test_deployable.py): on synthetic caches it skips
+        assert record["outputs"] or (name == "deployable" and record["status"].startswith("skipped")), name
         for output, digest in record["outputs"].items():
             assert file_sha256(results / name / output) == digest
         assert is_complete(results / name)

@@ -28,6 +28,8 @@ EXPORTED = {
     "results/pool_refinement/reference_pools.csv": "reference_pools.csv",
     "results/branch_comparison/summary.csv": "branch_summary.csv",
     "results/routers/summary.csv": "routers_summary.csv",
+    "results/deployable/summary.csv": "deployable_summary.csv",
+    "results/deployable/deployable.csv": "deployable.csv",
     "results/generator_swap/table.csv": "generator_swap_table.csv",
     "results/hessian/hessian.json": "hessian.json",
     "stages.json": "stages.json",

@@ -13,6 +13,7 @@ from ..provenance import is_complete
 from ..scales import SCALE_FIELDS, ScaleSettings
 from . import (
     _branch_comparison,
+    _deployable_study,
     _generator_swap,
     _hessian_study,
     _oracle_table,
@@ -31,6 +32,7 @@ STUDIES: dict[str, Study] = {
         _oracle_table,
         _pool_refinement,
         _router_study,
+        _deployable_study,
         _generator_swap,
         _search_study,
         _hessian_study,

@@ -149,6 +149,45 @@ def null_verdicts(results: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _section_deployable(results: Path) -> list[str]:
+    """The saved mixed model against the better branch, beside its null-pair twin."""
+    summary = _read(results / "deployable" / "summary.csv")
+    if summary is None or summary.empty:
+        return []
+    several = int(summary["n_caches"].max()) > 1
+    rows = [
+        {
+            "pair": row["pair"],
+            "model": row["model"],
+            "overall": _cell(row, "overall_mae", several),
+            "ions": _cell(row, "ion_mae", several),
+            "gain over the better branch (%)": "–"
+            if pd.isna(row.get("gain_pct_over_better_branch", float("nan")))
+            else _cell(row, "gain_pct_over_better_branch", several),
+        }
+        for _, row in summary.iterrows()
+    ]
+    lines = [
+        "## Deployable mixed model (test split, meV/Å)",
+        "",
+        "The conservative mixed model a user can save and run MD with: router fitted end to end on the train "
+        "split through the model's own forces (`scalepool mix`), scored by `scalepool evaluate` on the saved "
+        "file. The null row is the same model built on two runs of one branch.",
+        "",
+        _markdown(pd.DataFrame(rows)),
+        "",
+    ]
+    real = summary[(summary["pair"] == "real") & summary["model"].str.startswith("mixed")]
+    if not real.empty and "excess_over_null" in real:
+        row = real.iloc[0]
+        lines += [
+            f"Deployable mixed model, gain over its better branch against the null pair's: "
+            f"{verdict(row['excess_over_null'], row.get('excess_over_null_std', float('nan')), int(row['n_caches']))}.",
+            "",
+        ]
+    return lines
+
+
 def _section_equal_pools(results: Path) -> list[str]:
     table = _read(results / "pool_refinement" / "equal_size_pools.csv")
     if table is None:
@@ -308,6 +347,7 @@ def write_report(
         scale_table_markdown(results) or "(no results)",
         "",
         *null_verdicts(results),
+        *_section_deployable(results),
         *_section_routers(results),
         *_section_branches(results),
         *_section_pool(results),
