@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+
+_NO_PHYSICS_HELP = (
+    "skip the physical sanity checks (close contacts, density, cell thickness, force magnitudes, "
+    "periodic meta without a cell) that otherwise refuse implausible data"
+)
 
 
 def register(commands) -> None:
@@ -51,6 +58,7 @@ def register(commands) -> None:
     info.add_argument("path", type=Path, help="dataset (.npz) or any readable trajectory")
     info.add_argument("--topology", type=Path, default=None, help="topology for MDAnalysis trajectories")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.add_argument("--no-physics-checks", action="store_true", help=_NO_PHYSICS_HELP)
     info.set_defaults(func=_info)
 
     convert = sub.add_parser(
@@ -63,6 +71,7 @@ def register(commands) -> None:
     convert.add_argument("output", type=Path)
     convert.add_argument("--topology", type=Path, default=None, help="topology for MDAnalysis inputs (TRR, ...)")
     convert.add_argument("--stride", type=int, default=1, help="keep every n-th frame")
+    convert.add_argument("--no-physics-checks", action="store_true", help=_NO_PHYSICS_HELP)
     convert.set_defaults(func=_convert)
 
 
@@ -116,16 +125,49 @@ def _print_info(frames, as_json: bool = False) -> int:
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    from ..data import read_frames
+@contextlib.contextmanager
+def _warnings_to_stderr(command: str):
+    """Print warnings as one ``scalepool data <command>: warning: ...`` line each (no source lines)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            seen = set()
+            for warning in caught:
+                text = str(warning.message)
+                if text not in seen:
+                    seen.add(text)
+                    print(f"scalepool data {command}: warning: {text}", file=sys.stderr)
 
-    return _print_info(read_frames(args.path, topology=args.topology), as_json=args.json)
+
+def _info(args: argparse.Namespace) -> int:
+    from ..data import MIN_CELL_HEIGHT, DatasetError, cell_heights, read_frames
+
+    with _warnings_to_stderr("info"):
+        frames = read_frames(args.path, topology=args.topology, check_physics=not args.no_physics_checks)
+    if frames.cell is not None:
+        thinnest = float(cell_heights(frames.cell).min())
+        if thinnest < MIN_CELL_HEIGHT:  # only reachable with --no-physics-checks
+            raise DatasetError(
+                f"{args.path}: cannot summarise: the cell is {thinnest:.3g} Å thick (degenerate); the "
+                "close-contact search would need millions of periodic images"
+            )
+    return _print_info(frames, as_json=args.json)
 
 
 def _convert(args: argparse.Namespace) -> int:
     from ..data import read_frames, write_frames
 
-    frames = read_frames(args.input, topology=args.topology, stride=args.stride)
-    path = write_frames(frames, args.output)
+    with _warnings_to_stderr("convert"):
+        frames = read_frames(
+            args.input, topology=args.topology, stride=args.stride, check_physics=not args.no_physics_checks
+        )
+    try:
+        path = write_frames(frames, args.output)
+    except OSError as err:  # disk full, no permission: the atomic write left nothing behind
+        if isinstance(err, ValueError):  # already a DatasetError naming the problem
+            raise
+        raise ValueError(f"cannot write {args.output}: {err.strerror or err}; nothing was written") from err
     print(f"wrote {path}: {frames.n_frames} frames of {frames.n_atoms} atoms")
     return 0

@@ -11,11 +11,20 @@ from ._descriptors import (
     nearest_counterion_distance,
     nearest_ion_distance,
 )
-from ._frameset import DatasetError, FrameSet, time_block_split
+from ._frameset import DatasetError, FrameSet, NotAFileError, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
 from ._nacl_checkpoint import CheckpointInUse
 from ._prediction_cache import PredictionCache, PredictionCacheError, split_code
 from ._rdf import contact_ion_mask, first_minimum, radial_distribution
+from ._sanity import (
+    MIN_CELL_HEIGHT,
+    Finding,
+    PhysicsError,
+    PhysicsWarning,
+    cell_heights,
+    check_physics,
+    physics_findings,
+)
 from ._summary import force_statistics, format_summary, summarize
 
 # The testbed generator needs OpenMM; load it on first use so that models,
@@ -31,15 +40,22 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "MIN_CELL_HEIGHT",
     "SUPPORTED_READ",
     "SUPPORTED_WRITE",
     "DatasetError",
+    "Finding",
     "FrameSet",
+    "NotAFileError",
+    "PhysicsError",
+    "PhysicsWarning",
     "PredictionCache",
     "PredictionCacheError",
     "close_contact_mask",
     "companion_topology",
     "build_nacl_system",
+    "cell_heights",
+    "check_physics",
     "frameset_descriptors",
     "generate_nacl",
     "keys",
@@ -50,6 +66,7 @@ __all__ = [
     "nearest_ion_distance",
     "openmm_force_function",
     "openmm_reference_forces",
+    "physics_findings",
     "CheckpointInUse",
     "force_statistics",
     "format_summary",

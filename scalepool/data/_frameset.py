@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import numpy as np
 
 from .._files import write_npz
 from . import _keys as K
+from ._sanity import DatasetError, resolve_check
+from ._sanity import check_physics as run_physics_checks
 
 # Stored dtypes: positions and cells keep float64 so that a frame can be
 # recomputed exactly by a reference engine; forces are float32 (their own
@@ -22,8 +25,130 @@ _FLOAT_DTYPES = {K.POSITIONS: np.float64, K.CELL: np.float64, K.ENERGY: np.float
 _FORCE_DTYPE = np.float32
 
 
-class DatasetError(ValueError):
-    """A dataset or trajectory is malformed; the message says what and where."""
+class NotAFileError(DatasetError, IsADirectoryError):
+    """A path that should be a data file is a directory (a DatasetError and an IsADirectoryError)."""
+
+
+#: First bytes of files that are not .npz archives, and what they are.
+_SIGNATURES = (
+    (b"\x93NUMPY", "a single .npy array, not an .npz archive of named arrays"),
+    (b"\x89HDF", "an HDF5 file (H5MD?); read it with read_frames(..., format='h5md')"),
+    (b"\x00\x00\x07\xc9", "a GROMACS TRR trajectory; read it with read_frames and a topology"),
+    (b"\x1f\x8b", "gzip-compressed; decompress it first"),
+    (b"\x80", "a Python pickle; scalepool never unpickles data files"),
+)
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _not_npz_reason(path: Path, head: bytes) -> str:
+    """What a file that does not start like a zip archive is, for the error message."""
+    for magic, what in _SIGNATURES:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"not a zip archive (it starts with bytes {head[:8]!r})"
+    lines = text.splitlines()
+    first = lines[0].strip() if lines else ""
+    second = lines[1] if len(lines) > 1 else ""
+    if first.isdigit() and ("Properties=" in second or "Lattice=" in second or len(lines) > 2):
+        if path.suffix in (".extxyz", ".xyz"):
+            fix = f"convert it first: scalepool data convert {path} {path.with_suffix('.npz')}"
+        else:
+            fix = f"rename it to {path.with_suffix('.extxyz').name}, or read it with read_frames(..., format='extxyz')"
+        return f"an (extended) XYZ text file, not a zip archive; {fix}"
+    if first.startswith(("ATOM", "HETATM", "CRYST1", "HEADER", "REMARK", "MODEL")):
+        return "a PDB text file, not a zip archive"
+    return f"a text file, not a zip archive (its first line is {first[:60]!r})"
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    """Every array of an ``.npz`` file; errors name the file, the array and the problem."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head.startswith(_ZIP_MAGIC):
+        raise DatasetError(f"{path} is not a readable .npz file: it is {_not_npz_reason(path, head)}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        ValueError,
+        OSError,
+        KeyError,
+        NotImplementedError,
+    ) as err:
+        raise DatasetError(
+            f"{path} is not a readable .npz file (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from err
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as err:
+                if "pickle" in str(err).lower() or "object arrays" in str(err).lower():
+                    raise DatasetError(
+                        f"{path}: array '{key}' holds Python objects (a pickled object array); scalepool "
+                        "datasets hold numbers and one JSON string, and never unpickle data files"
+                    ) from err
+                raise DatasetError(f"{path}: array '{key}' is unreadable (corrupt header?): {err}") from err
+            except MemoryError as err:
+                raise DatasetError(
+                    f"{path}: array '{key}' claims a shape too large to load (corrupt header?)"
+                ) from err
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                OSError,
+                KeyError,
+                NotImplementedError,
+                RuntimeError,
+            ) as err:  # RuntimeError: zipfile's "encrypted member" on a flipped flag bit
+                raise DatasetError(
+                    f"{path}: array '{key}' is unreadable (truncated or corrupt?): {type(err).__name__}: {err}"
+                ) from err
+    return arrays
+
+
+def _numeric(path: Path, key: str, value: Any, kinds: str = "iuf") -> np.ndarray:
+    """``value`` as an array whose dtype kind is in ``kinds``; DatasetError naming the array otherwise."""
+    array = np.asarray(value)
+    if array.dtype.kind not in kinds:
+        raise DatasetError(
+            f"{path}: array '{key}' has dtype {array.dtype} ({'integers' if kinds == 'iu' else 'numbers'} expected)"
+        )
+    return array
+
+
+def _read_meta(path: Path, value: Any) -> dict[str, Any]:
+    """The JSON object stored in the ``meta`` array; DatasetError naming the file and field otherwise."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "US" or array.size != 1:
+        raise DatasetError(
+            f"{path}: array '{K.META}' must be one JSON string, got dtype {array.dtype} shape {array.shape}"
+        )
+    text = array.reshape(()).item()
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"{path}: array '{K.META}' is not UTF-8 text: {err}") from err
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"{path}: array '{K.META}' is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; "
+            f"it starts {text[:40]!r})"
+        ) from err
+    if not isinstance(meta, dict):
+        raise DatasetError(
+            f"{path}: array '{K.META}' must hold a JSON object, got a JSON {type(meta).__name__}"
+        )
+    return meta
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:
@@ -112,6 +237,8 @@ class FrameSet:
         self.force_parts = parts
         _check_finite(K.POSITIONS, self.positions)
         _check_finite(K.FORCES, self.forces)
+        if not isinstance(self.meta, dict):
+            raise DatasetError(f"meta must be a dict (a JSON object), got {type(self.meta).__name__}")
         json.dumps(self.meta)  # fail now, not when saving, if meta is not JSON
 
     # ------------------------------------------------------------------ basics
@@ -184,39 +311,56 @@ class FrameSet:
         return write_npz(path, self.to_arrays())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> FrameSet:
-        """Read a dataset ``.npz``; errors name the missing or malformed array."""
+    def load(cls, path: str | os.PathLike, check_physics: bool | str = True) -> FrameSet:
+        """Read a dataset ``.npz``; errors name the file and the missing or malformed array.
+
+        ``check_physics``: run the physical sanity checks of :mod:`scalepool.data._sanity`
+        (close contacts, density, cell, force magnitudes, periodic meta without a cell):
+        ``True`` refuses what no real dataset shows (:class:`PhysicsError`) and warns
+        about the rest, ``"strict"`` refuses both, ``False`` skips them.
+
+        Raises FileNotFoundError (no such file), DatasetError (a directory, an empty,
+        truncated or non-.npz file, a missing or malformed array, invalid meta JSON,
+        a failed physics check).
+        """
+        run_checks, strict = resolve_check(check_physics)
         path = Path(path)
+        if path.is_dir():
+            raise NotAFileError(f"{path} is a directory, not a dataset file (.npz)")
         if not path.exists():
             raise FileNotFoundError(f"dataset file not found: {path}")
         if path.stat().st_size == 0:
             raise DatasetError(f"{path} is empty (0 bytes)")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as err:
-            raise DatasetError(f"{path} is not a readable .npz file (truncated or corrupt?): {err}") from err
+        arrays = _read_npz(path)
         missing = [k for k in (K.POSITIONS, K.FORCES, K.NUMBERS) if k not in arrays]
         if missing:
             raise DatasetError(f"{path} lacks required array(s) {missing}; it holds {sorted(arrays)}")
-        meta = json.loads(str(arrays[K.META])) if K.META in arrays else {}
+        meta = _read_meta(path, arrays[K.META]) if K.META in arrays else {}
+        fields = {}
+        for key in (K.POSITIONS, K.FORCES, K.CELL, K.ENERGY):
+            if key in arrays:
+                fields[key] = _numeric(path, key, arrays[key])
+        numbers = _numeric(path, K.NUMBERS, arrays[K.NUMBERS], kinds="iu")
         parts = {
-            key[len(K.FORCE_PART_PREFIX):]: value
+            key[len(K.FORCE_PART_PREFIX) :]: _numeric(path, key, value)
             for key, value in arrays.items()
             if key.startswith(K.FORCE_PART_PREFIX)
         }
         try:
-            return cls(
-                positions=arrays[K.POSITIONS],
-                forces=arrays[K.FORCES],
-                numbers=arrays[K.NUMBERS],
-                cell=arrays.get(K.CELL),
-                energy=arrays.get(K.ENERGY),
+            frames = cls(
+                positions=fields[K.POSITIONS],
+                forces=fields[K.FORCES],
+                numbers=numbers,
+                cell=fields.get(K.CELL),
+                energy=fields.get(K.ENERGY),
                 force_parts=parts,
                 meta=meta,
             )
-        except DatasetError as err:
+        except (DatasetError, ValueError, TypeError) as err:
             raise DatasetError(f"{path}: {err}") from err
+        if run_checks:
+            run_physics_checks(frames, source=path, strict=strict)
+        return frames
 
     def checksum(self) -> str:
         """SHA-256 of positions, forces, numbers and cell (provenance of results)."""

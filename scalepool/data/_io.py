@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_paths, write_npz
-from ._frameset import DatasetError, FrameSet
+from ._frameset import DatasetError, FrameSet, NotAFileError
+from ._sanity import check_physics as run_physics_checks
+from ._sanity import resolve_check
 
 #: Readable formats and their file extensions.
 SUPPORTED_READ: dict[str, tuple[str, ...]] = {
@@ -102,6 +104,7 @@ def read_frames(
     forces_key: str | None = None,
     energy_key: str | None = None,
     stride: int = 1,
+    check_physics: bool | str = True,
 ) -> FrameSet:
     """Read a trajectory with reference forces into a :class:`FrameSet` (Å, eV/Å, eV).
 
@@ -119,17 +122,29 @@ def read_frames(
     energy_key : extxyz only: ``info`` key holding the energy in eV.  Default:
         ``REF_energy``, then ``energy``, then the calculator's energy (or none).
     stride : keep every ``stride``-th frame, starting with the first.
+    check_physics : run the physical sanity checks (:func:`scalepool.data.check_physics`:
+        close contacts, density, cell, force magnitudes) on the frames read:
+        ``True`` refuses what no real dataset shows and warns about the rest,
+        ``"strict"`` refuses both, ``False`` skips them.
 
     Raises
     ------
     FileNotFoundError : ``path`` or ``topology`` does not exist.
-    DatasetError : the file is empty, truncated, corrupt, of an unknown format,
-        has no forces, non-finite values, inconsistent atoms or boxes, or does not
-        match its topology.  The message names the file and the problem.
+    DatasetError : ``path`` is a directory, or the file is empty, truncated,
+        corrupt, of an unknown format or of another format than its extension
+        says, has no forces, non-finite values, inconsistent atoms (a TRR frame
+        with another atom count) or boxes, does not match its topology, or fails
+        a physics check (:class:`~scalepool.data.PhysicsError`).  The message
+        names the file and the problem.
     """
     path = Path(path)
-    if not path.is_file():
+    run_checks, strict = resolve_check(check_physics)
+    if path.is_dir():
+        raise NotAFileError(f"{path} is a directory, not a trajectory file")
+    if not path.exists():
         raise FileNotFoundError(f"trajectory file not found: {path}")
+    if not path.is_file():
+        raise DatasetError(f"{path} is not a regular file (a device, socket or pipe?)")
     fmt = _resolve_format(path, format, SUPPORTED_READ)
     if path.stat().st_size == 0:
         raise DatasetError(f"{path} is empty (0 bytes)")
@@ -143,24 +158,44 @@ def read_frames(
         )
 
     if fmt == "npz":
-        frames = FrameSet.load(path)
+        frames = FrameSet.load(path, check_physics=check_physics)
         return frames if stride == 1 else frames[::stride]
     if fmt == "extxyz":
         from ._io_ase import read_extxyz
 
-        return read_extxyz(path, forces_key=forces_key, energy_key=energy_key, stride=stride)
-    if fmt == "h5md":
-        _require_h5py(path)
-    from ._io_mda import read_mda
+        _refuse_binary_as_text(path)
+        frames = read_extxyz(path, forces_key=forces_key, energy_key=energy_key, stride=stride)
+    else:
+        if fmt == "h5md":
+            _require_h5py(path)
+        from ._io_mda import read_mda
 
-    if topology is None:
-        topology = companion_topology(path)
-        if not topology.is_file():
-            raise DatasetError(
-                f"{path}: a {fmt.upper()} file holds no atom types; pass topology= (.pdb, .gro, .tpr, .psf) "
-                f"or place {topology.name} beside it"
-            )
-    return read_mda(path, Path(topology), fmt, stride=stride)
+        if topology is None:
+            topology = companion_topology(path)
+            if not topology.is_file():
+                raise DatasetError(
+                    f"{path}: a {fmt.upper()} file holds no atom types; pass topology= (.pdb, .gro, .tpr, "
+                    f".psf) or place {topology.name} beside it"
+                )
+        elif Path(topology).is_dir():
+            raise NotAFileError(f"topology {topology} is a directory, not a topology file")
+        frames = read_mda(path, Path(topology), fmt, stride=stride)
+    if run_checks:
+        run_physics_checks(frames, source=path, strict=strict)
+    return frames
+
+
+def _refuse_binary_as_text(path: Path) -> None:
+    """DatasetError when a file handed to the extxyz reader is an .npz archive or other binary."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise DatasetError(
+            f"{path} is an .npz (zip) archive, not an extended XYZ text file; rename it to .npz "
+            "or pass format='npz'"
+        )
+    if b"\x00" in head:
+        raise DatasetError(f"{path} is a binary file, not an extended XYZ text file")
 
 
 def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None = None) -> Path:
@@ -179,6 +214,8 @@ def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None
         raise TypeError(f"write_frames expects a FrameSet, got {type(frameset).__name__}")
     path = Path(path)
     fmt = _resolve_format(path, format, SUPPORTED_WRITE)
+    if path.is_dir():
+        raise NotAFileError(f"cannot write {path}: it is a directory")
     if fmt == "npz":
         write_npz(path, frameset.to_arrays())
     elif fmt == "extxyz":

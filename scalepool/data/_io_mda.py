@@ -10,6 +10,7 @@ row vectors).  A frame without a box is non-periodic (GROMACS writes a zero box)
 
 from __future__ import annotations
 
+import struct
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import MDAnalysis as mda
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from MDAnalysis.coordinates.core import get_reader_for
+from MDAnalysis.coordinates.TRR import TRRReader
 from MDAnalysis.guesser.default_guesser import DefaultGuesser
 from MDAnalysis.lib.mdamath import triclinic_box, triclinic_vectors
 
@@ -91,8 +93,104 @@ def atomic_numbers_of(universe: mda.Universe, topology: Path) -> np.ndarray:
     return numbers
 
 
+# ---------------------------------------------------------------- TRR frame headers
+_TRR_MAGIC = 1993
+#: magic, version-string length (13), XDR string length (12) and "GMX_trn_file", then 13 ints.
+_TRR_INTRO = 24
+_TRR_INTS = struct.Struct(">13i")
+_TRR_FIELDS = (
+    "ir_size", "e_size", "box_size", "vir_size", "pres_size", "top_size", "sym_size",
+    "x_size", "v_size", "f_size", "natoms", "step", "nre",
+)  # fmt: skip
+
+
+def _unreadable_trr(path: Path, frame: int, offset: int, problem: str) -> DatasetError:
+    return DatasetError(
+        f"{path} is not a readable TRR file (truncated or corrupt?): frame {frame} at byte {offset}: {problem}"
+    )
+
+
+def trr_frame_atoms(path: Path) -> np.ndarray:
+    """(n_frames,) atom count of every frame of a TRR file, read from the frame headers.
+
+    MDAnalysis reads every frame with the atom count of the first, so a frame with
+    fewer atoms comes back with stale and misread coordinates; the headers tell.
+    Raises DatasetError for a header that is not a TRR header or a truncated frame.
+    """
+    size = path.stat().st_size
+    counts: list[int] = []
+    offset = 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            frame = len(counts)
+            handle.seek(offset)
+            head = handle.read(_TRR_INTRO + _TRR_INTS.size)
+            if len(head) < _TRR_INTRO + _TRR_INTS.size:
+                raise _unreadable_trr(path, frame, offset, f"the header is cut off after {len(head)} bytes")
+            magic, version_length, string_length = struct.unpack(">3i", head[:12])
+            if magic != _TRR_MAGIC or version_length != 13 or string_length != 12:
+                raise _unreadable_trr(
+                    path, frame, offset, f"no TRR frame header (magic number {magic}, expected {_TRR_MAGIC})"
+                )
+            header = dict(zip(_TRR_FIELDS, _TRR_INTS.unpack(head[_TRR_INTRO:]), strict=True))
+            natoms = header["natoms"]
+            if natoms < 0 or any(header[k] < 0 for k in _TRR_FIELDS[:10]):
+                raise _unreadable_trr(path, frame, offset, f"negative sizes in the header {header}")
+            if header["box_size"]:
+                real = header["box_size"] // 9
+            else:
+                vector = next((header[k] for k in ("x_size", "v_size", "f_size") if header[k]), 0)
+                real = vector // (3 * natoms) if natoms else 4
+            if real not in (4, 8):
+                raise _unreadable_trr(path, frame, offset, f"inconsistent header {header}")
+            for key in ("x_size", "v_size", "f_size"):
+                if header[key] not in (0, 3 * natoms * real):
+                    raise _unreadable_trr(
+                        path, frame, offset, f"{key} {header[key]} does not fit {natoms} atoms"
+                    )
+            frame_bytes = _TRR_INTRO + _TRR_INTS.size + 2 * real + sum(header[k] for k in _TRR_FIELDS[:10])
+            if offset + frame_bytes > size:
+                raise _unreadable_trr(
+                    path, frame, offset,
+                    f"the frame needs {frame_bytes} bytes but the file ends after {size - offset}",
+                )  # fmt: skip
+            counts.append(natoms)
+            offset += frame_bytes
+    return np.asarray(counts, dtype=np.int64)
+
+
+def check_trr_atom_counts(path: Path) -> int:
+    """The atom count of a TRR file; DatasetError naming the first frame whose count differs."""
+    counts = trr_frame_atoms(path)
+    if not len(counts):
+        raise DatasetError(f"{path} holds no frames")
+    changed = np.flatnonzero(counts != counts[0])
+    if len(changed):
+        f = int(changed[0])
+        raise DatasetError(
+            f"{path}: frame {f} has {counts[f]} atoms but frame 0 has {counts[0]} "
+            f"({len(changed)} of {len(counts)} frames differ); every frame must hold the same atoms "
+            "(MDAnalysis would read them all with the first frame's count, corrupting the data)"
+        )
+    return int(counts[0])
+
+
+class _TRRReaderNoOffsetFiles(TRRReader):
+    """MDAnalysis' TRR reader without its offset cache: it would write ``.<name>_offsets.npz``
+    and ``.<name>_offsets.lock`` beside the user's trajectory (and trust a stale one)."""
+
+    def _load_offsets(self) -> None:
+        self._read_offsets(store=False)
+
+
+#: Reader classes handed to MDAnalysis (a class instead of a format name).
+_READERS = {"trr": _TRRReaderNoOffsetFiles}
+
+
 def _trajectory_atom_count(path: Path, fmt: str) -> int | str:
     try:
+        if fmt == "trr":
+            return int(trr_frame_atoms(path)[0])
         return get_reader_for(str(path), format=_MDA_FORMAT[fmt])(str(path)).n_atoms
     except Exception:  # only used to word an error message
         return "an unknown number of"
@@ -110,8 +208,10 @@ def _open_universe(path: Path, topology: Path, fmt: str) -> mda.Universe:
             universe = mda.Universe(str(topology))
     except Exception as err:  # MDAnalysis parsers raise many types
         raise DatasetError(f"cannot read topology {topology}: {type(err).__name__}: {err}") from err
+    if fmt == "trr":
+        check_trr_atom_counts(path)
     try:
-        universe.load_new(str(path), format=_MDA_FORMAT[fmt])
+        universe.load_new(str(path), format=_READERS.get(fmt, _MDA_FORMAT[fmt]))
     except ValueError as err:
         if "number of atoms" in str(err):
             raise DatasetError(

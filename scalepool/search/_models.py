@@ -225,12 +225,13 @@ def search_models(
 
     ``data`` is a dataset path or a FrameSet; ``space`` a list of spec strings
     (default :data:`DEFAULT_SPACES[branch]`); the pruner defaults to a median
-    pruner that waits for 2 finished trials and 1 epoch.
+    pruner that waits for 2 finished trials and 1 epoch.  A study created on
+    another dataset is refused (:class:`StudyDataMismatch`).
     """
     from .._files import write_json
     from ..data import FrameSet
     from ._run import export_study, make_sampler, quiet_optuna
-    from ._storage import finished, open_storage, open_study, optimize
+    from ._storage import bind_study_data, finished, open_results, open_storage, optimize
 
     quiet_optuna()
     data_path = None
@@ -242,7 +243,8 @@ def search_models(
     search = ModelSearch(data, branch, out, parse_space(specs), epochs, build, fixed, train_options,
                          max_minutes, seed, data_path)  # fmt: skip
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    study = open_study(open_storage(storage), study_name or f"models-{branch}", pruner=pruner)
+    study = open_results(open_storage(storage), study_name or f"models-{branch}", pruner=pruner)
+    bind_study_data(study, data.checksum(), f"dataset {data_path}" if data_path else "a dataset")
     study.sampler = make_sampler(seed, study, worker)
     start = time.perf_counter()
     ran = optimize(study, search, n_trials, timeout)

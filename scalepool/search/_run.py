@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 
 from ._scales import ScaleSearch
-from ._storage import finished, open_storage, open_study, optimize, sampler_seed
+from ._storage import bind_study_data, finished, open_results, open_storage, optimize, sampler_seed
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,27 @@ def importance_evaluator():
     return "fANOVA", optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
+def cache_checksum(cache) -> str:
+    """SHA-256 of a prediction cache's content: reference and branch forces, anchors,
+    atoms, positions, cells and splits (the file's compression and meta do not count)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    fields = [("forces_ref", cache.forces_ref), ("numbers", cache.numbers), ("positions", cache.positions),
+              ("cell", cache.cell), ("split", cache.split)]  # fmt: skip
+    fields += [(f"branch:{name}", cache.branches[name]) for name in sorted(cache.branches)]
+    digest.update(repr(tuple(cache.anchors)).encode())
+    for name, array in fields:
+        digest.update(name.encode())
+        if array is not None:
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def search_scales(
     pred,
     storage,
@@ -97,7 +118,9 @@ def search_scales(
     out : folder for ``best.json``, ``trials.csv`` and ``importances.csv``
 
     Returns the best-trial record (``evaluate`` of :class:`ScaleSearch`) with
-    the trial count and the trials per minute of this call.
+    the trial count and the trials per minute of this call (``n_this_call`` counts
+    the trials this worker finished, not those of others sharing the study).
+    A study created on another cache is refused (:class:`StudyDataMismatch`).
     """
     from ..data import PredictionCache
 
@@ -114,7 +137,9 @@ def search_scales(
         seed=seed,
         device=device,
     )
-    study = open_study(open_storage(storage), study_name or f"scales-{space}")
+    study = open_results(open_storage(storage), study_name or f"scales-{space}")
+    source = f"prediction cache {pred}" if not isinstance(pred, PredictionCache) else "a prediction cache"
+    bind_study_data(study, cache_checksum(cache), source)
     study.sampler = make_sampler(seed, study, worker)
     start = time.perf_counter()
     ran = optimize(study, search, n_trials, timeout, progress=progress)
