@@ -208,6 +208,8 @@ def test_run_writes_files_history_and_config(reference, frames):
     assert list(history.columns) == HISTORY_COLUMNS
     assert list(history["epoch"]) == [1, 2, 3]
     assert result.stop_reason == "completed" and result.epochs_completed == 3 and not result.resumed
+    # the run's compute in optimiser steps: 18 training frames in batches of 2, 3 epochs
+    assert result.complete and result.steps_per_epoch == 9 and result.steps == 27
     assert (history["elapsed_s"].diff().dropna() > 0).all()
     # the model learned: validation error falls and beats the per-component mean |F|
     val = history["val_force_mae_meV_A"].to_numpy()
@@ -327,19 +329,22 @@ def test_keyboard_interrupt_checkpoints_and_resumes_exactly(reference, frames, t
 
 
 def test_time_budget_stops_cleanly_and_resume_completes(reference, frames, tmp_path):
+    """max_minutes is a safety stop: when it fires the run is incomplete, and the next call finishes it."""
     result = run(tmp_path, frames, max_minutes=1e-6)
     assert result.stop_reason == "time_budget" and result.epochs_completed == 0
+    assert not result.complete and result.steps == 1
     assert result.best_epoch is None and (tmp_path / BEST).exists() and (tmp_path / LAST).exists()
     assert _progress(tmp_path / CHECKPOINT)["batch"] == 1
     assert len(pd.read_csv(tmp_path / HISTORY)) == 0
     result = run(tmp_path, frames)
     assert result.resumed and result.stop_reason == "completed" and len(result.history) == EPOCHS
+    assert result.complete and result.steps == reference[0].steps == 27
     assert_same_run(reference[1], tmp_path, rtol=1e-6)
     # a finished run called again does nothing; more epochs continue it
     again = run(tmp_path, frames)
     assert again.stop_reason == "completed" and len(again.history) == EPOCHS
     longer = run(tmp_path, frames, epochs=EPOCHS + 1)
-    assert list(longer.history["epoch"]) == [1, 2, 3, 4]
+    assert list(longer.history["epoch"]) == [1, 2, 3, 4] and longer.steps == 36
     assert list(pd.read_csv(tmp_path / HISTORY)["epoch"]) == [1, 2, 3, 4]
 
 
@@ -400,8 +405,8 @@ def test_device_validation():
 def test_early_stopping(frames, tmp_path):
     # gain 0: the model predicts zero forces whatever its weights, so validation never improves
     result = run(tmp_path, frames, model=PairModel(gain=0.0), epochs=10, patience=2)
-    assert result.stop_reason == "early_stopping"
-    assert result.epochs_completed == 3 and result.best_epoch == 1
+    assert result.stop_reason == "early_stopping" and result.complete  # not the safety stop
+    assert result.epochs_completed == 3 and result.best_epoch == 1 and result.steps == 27
     assert json.loads((tmp_path / CONFIG).read_text())["result"]["stop_reason"] == "early_stopping"
 
 

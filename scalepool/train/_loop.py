@@ -1,4 +1,4 @@
-"""``train``: fit one force branch with checkpoints, resume, early stopping and a time budget.
+"""``train``: fit one force branch with checkpoints, resume, early stopping and a safety stop.
 
 One call trains a model on the training block of a time-block split and
 validates it on the validation block after every epoch.  The run directory
@@ -17,6 +17,15 @@ called again with the same settings, and ends with the same history as an
 uninterrupted run: the batch order of epoch ``e`` is a permutation drawn from
 ``numpy.random.default_rng([seed, e])``, and the checkpoint holds the optimiser,
 scheduler and RNG states and the running sums of the epoch in progress.
+
+A run's length is counted in epochs (optimiser steps: epochs x batches per
+epoch), never in wall time: with the same seed, data, settings and one torch
+thread, two runs write bitwise-identical validation columns in ``history.csv``
+(``tests/test_determinism.py``).  ``max_minutes`` is only a safety stop: when it
+fires the run ends *incomplete* (``TrainResult.complete`` is False) and a later
+call continues it to the same end as an uninterrupted run; when it does not
+fire it changes nothing.  Wall time is recorded (``elapsed_s``) but decides
+nothing else: validation runs after every epoch, whatever the clock says.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from . import _model_io
 from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device
 from ._predict import evaluate_forces
 from ._run_config import record_result, write_run_config
-from ._settings import TrainSettings, epoch_batches
+from ._settings import TrainSettings, epoch_batches, steps_per_epoch
 from ._state import (
     Progress,
     check_resumable,
@@ -56,7 +65,10 @@ class TrainResult:
 
     ``stop_reason`` is ``"completed"`` (all epochs done), ``"early_stopping"``
     (``patience`` epochs without a better validation force MAE) or
-    ``"time_budget"`` (``max_minutes`` spent; call ``train`` again to go on).
+    ``"time_budget"`` (the ``max_minutes`` safety stop fired: the run is
+    incomplete; call ``train`` again to go on).  ``steps`` counts the optimiser
+    steps applied over all sessions (the run's compute, independent of the
+    machine).
     """
 
     out_dir: Path
@@ -69,6 +81,13 @@ class TrainResult:
     stop_reason: str
     elapsed_s: float  # training time over all sessions
     resumed: bool
+    steps: int = 0  # optimiser steps over all sessions
+    steps_per_epoch: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """False only when the safety stop ended the run (finished and early-stopped runs are complete)."""
+        return self.stop_reason != "time_budget"
 
 
 def train(
@@ -112,8 +131,11 @@ def train(
     out_dir : run directory (created); resumed when it holds a checkpoint
     epochs : total number of epochs of the run (a resumed run counts the epochs
         already done; a larger value extends a finished run)
-    max_minutes : wall-clock budget of this call; when spent, training stops
-        cleanly (checkpoint, ``last.pt``, ``best.pt``) and a later call goes on
+    max_minutes : wall-clock safety stop of this call (``None``: none); when it
+        fires, training stops cleanly (checkpoint, ``last.pt``, ``best.pt``),
+        the result is incomplete (``stop_reason="time_budget"``) and a later
+        call goes on.  Budgets belong in ``epochs``: the stop only guards
+        against a run far slower than expected.
     batch_size : frames per optimiser step
     lr, weight_decay : AdamW settings
     loss : ``"mae"``, ``"mse"`` or ``"huber"`` (``huber_delta`` in eV/Å), on
@@ -230,6 +252,7 @@ class _Session:
         return self.base_elapsed + time.perf_counter() - self.start_time
 
     def out_of_time(self) -> bool:
+        # a safety stop only: it may end the run, never change what a step or a validation computes
         return self.deadline is not None and time.perf_counter() > self.deadline
 
     def checkpoint(self, rng=None) -> None:
@@ -242,7 +265,7 @@ class _Session:
     # ----------------------------------------------------------------- loop
     def run(self) -> TrainResult:
         s, state = self.s, self.state
-        n_batches = len(epoch_batches(self.split["train"], s.seed, 0, s.batch_size))
+        n_batches = self.steps_per_epoch = steps_per_epoch(len(self.split["train"]), s.batch_size)
         self.bar = tqdm(
             total=s.epochs * n_batches, initial=min(state.epoch, s.epochs) * n_batches + state.batch,
             disable=not self.progress, unit="batch", desc=f"train {self.branch}", dynamic_ncols=True,
@@ -356,6 +379,7 @@ class _Session:
             out_dir=self.out, best_path=paths[BEST], last_path=paths[LAST], history=history_frame(state.history),
             best_epoch=state.best_epoch, best_val_force_mae=state.best_val, epochs_completed=state.epoch,
             stop_reason=stop_reason, elapsed_s=state.elapsed_s, resumed=self.resumed,
+            steps=state.epoch * self.steps_per_epoch + state.batch, steps_per_epoch=self.steps_per_epoch,
         )  # fmt: skip
         record_result(paths[CONFIG], result)
         return result

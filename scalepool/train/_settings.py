@@ -14,7 +14,9 @@ LOSSES = ("mae", "mse", "huber")
 SCHEDULERS = ("plateau", "cosine")
 
 # Settings that may change between the sessions of one run without changing
-# its results (budget, bookkeeping, placement); every other field must match.
+# its results (length, safety stop, bookkeeping); every other field must match.
+# ``max_minutes`` is a wall-clock safety stop, not a budget: a run's length is
+# ``epochs`` (x :func:`steps_per_epoch` optimiser steps), the same on any machine.
 _SESSION_FIELDS = ("epochs", "max_minutes", "checkpoint_every")
 
 
@@ -122,3 +124,8 @@ def epoch_batches(train_idx: np.ndarray, seed: int, epoch: int, batch_size: int)
     """Frame indices of each batch of ``epoch``; the order depends only on (seed, epoch)."""
     order = train_idx[np.random.default_rng([seed, epoch]).permutation(len(train_idx))]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch: ``ceil(n_train / batch_size)`` (the last batch may be short)."""
+    return -(-int(n_train) // int(batch_size))
