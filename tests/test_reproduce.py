@@ -352,7 +352,7 @@ def test_quick_settings_fit_the_demo_budget():
         assert null.key() == {**config.branches[0].key(), "seed_offset": null.seed_offset, "run": "short_2"}
         # the wall clock is only a generous safety stop, outside the stage key
         for plan in config.branches:
-            assert plan.safety_minutes == pytest.approx(3 * plan.expected_minutes)
+            assert plan.safety_minutes == pytest.approx(6 * plan.expected_minutes)
             assert "expected_minutes" not in plan.key() and "safety_factor" not in plan.key()
     assert [b.first_seed_only for b in quick.branches] == [False, False, False, True]  # MuSE: seed 0 only
     assert quick.branches[0].options["n_interactions"] == 1 and quick.branches[0].epochs >= 5
