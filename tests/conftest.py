@@ -1,12 +1,21 @@
-"""Shared test setup: every test starts from the same seeds; tolerances keyed by dtype."""
+"""Shared test setup: every test starts from the same seeds, on few threads; one tolerance
+table keyed by dtype; ``tests/`` on the import path for the shared stand-ins (``standins.py``).
+
+Layout: ``tests/unit/<package>/`` mirrors ``scalepool/<package>/``; ``tests/integration/``
+holds the command-line and ``reproduce`` tests; ``tests/test_layers.py`` checks the
+package floors."""
 
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # standins.py
 
 #: Absolute and relative tolerances for comparisons that should hold to
 #: round-off (energies in eV, forces in eV/Å) in each floating-point dtype.

@@ -11,7 +11,7 @@ A backbone's or branch's tests are one subclass with a ``model`` fixture
 Every check compares the model with itself under an exact symmetry or with
 finite differences of its own energy, at float64 round-off tolerances
 (:data:`~scalepool.testing.TOLERANCES`); each ``assert_*`` helper is tested to
-fail on a broken model (``tests/test_models.py``).  This module imports pytest,
+fail on a broken model (``tests/unit/models/test_models.py``).  This module imports pytest,
 so it is loaded only when a test asks for it.
 """
 

@@ -21,7 +21,7 @@ scheduler and RNG states and the running sums of the epoch in progress.
 A run's length is counted in epochs (optimiser steps: epochs x batches per
 epoch), never in wall time: with the same seed, data, settings and one torch
 thread, two runs write bitwise-identical validation columns in ``history.csv``
-(``tests/test_determinism.py``).  ``max_minutes`` is only a safety stop: when it
+(``tests/unit/train/test_determinism.py``).  ``max_minutes`` is only a safety stop: when it
 fires the run ends *incomplete* (``TrainResult.complete`` is False) and a later
 call continues it to the same end as an uninterrupted run; when it does not
 fire it changes nothing.  Wall time is recorded (``elapsed_s``) but decides

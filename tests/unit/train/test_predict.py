@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import FRACTIONS, PairModel, install_standin_io, make_frames, run, standin_load
+from standins import FRACTIONS, PairModel, install_standin_io, make_frames, run, standin_load
 
 from scalepool.cli import _train as cli
 from scalepool.data import PredictionCache

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_train import PairModel
+from standins import PairModel
 
 from scalepool.cli import main
 from scalepool.data import FrameSet, PredictionCache

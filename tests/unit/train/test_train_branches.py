@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import make_frames
+from standins import make_frames
 
 from scalepool.data import keys as K
 from scalepool.models import ForceModel, build_branch, fit_species_statistics, load_model

@@ -20,7 +20,7 @@ from scalepool.scales import CONTINUOUS_ORACLE, HARD_ORACLE, NULL_PREFIX, REFINE
 from scalepool.studies import STUDIES, run_study, study_main
 from scalepool.units import EV_TO_MEV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 #: studies that read prediction caches (the Hessian study reads a dataset and runs; its own tests)
 CACHE_STUDIES = [name for name, study in STUDIES.items() if study.inputs == "pred"]
 #: Options that keep every study to about a second on the tiny caches.
@@ -110,7 +110,7 @@ def test_every_study_writes_provenance(results, caches):
         assert "git_commit" in record and record["parameters"]["options"]
         preds = caches[2:] if name == "generator_swap" else caches[:2]
         assert [i["sha256"] for i in record["inputs"]] == [file_sha256(p) for p in preds]
-        # the deployable study needs trained runs (tests/test_deployable.py): on synthetic caches it skips
+        # the deployable study needs trained runs (tests/unit/scales/test_deployable.py): on synthetic caches it skips
         assert record["outputs"] or (name == "deployable" and record["status"].startswith("skipped")), name
         for output, digest in record["outputs"].items():
             assert file_sha256(results / name / output) == digest

@@ -60,7 +60,7 @@ def _config() -> ReproduceConfig:
             "branch_comparison": {"parity_points": 100},
         },
         figures=FIGURES,
-        hessian=None,  # needs an OpenMM system: tests/test_muse_hessian.py runs the study
+        hessian=None,  # needs an OpenMM system: tests/unit/md/test_muse_hessian.py runs the study
     )
 
 

@@ -37,7 +37,7 @@ class TestLongBranch(ForceModelTests):
         return build_branch("long", **SMALL).double()
 
     # P3M's mesh breaks exact rotation, translation and image symmetry (they hold within the
-    # mesh error, tested in tests/test_models.py); exact Ewald keeps them:
+    # mesh error, tested in tests/unit/models/test_models.py); exact Ewald keeps them:
     @pytest.fixture
     def exact(self):
         return build_branch("long", method="ewald", **SMALL).double()

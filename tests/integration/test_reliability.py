@@ -60,7 +60,7 @@ from scalepool.search import (
 from scalepool.search import _storage as storage_module
 from scalepool.units import NM_TO_ANGSTROM
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------ helpers

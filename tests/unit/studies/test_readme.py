@@ -9,7 +9,7 @@ import pytest
 from scalepool.cli import main
 from scalepool.studies import readme_blocks, stale_blocks, write_readme
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 REPORT = """# scalepool reproduction (quick)
 

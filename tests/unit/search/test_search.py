@@ -32,7 +32,7 @@ from scalepool.search import (
 )
 from scalepool.search._storage import WORKER_ATTR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True, scope="module")
