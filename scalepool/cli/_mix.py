@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._train import _setup  # device check, allocator, threads: as for train and predict
+
 SPLITS = ("train", "val", "test", "all")
 
 
@@ -86,20 +88,6 @@ def register(commands) -> None:
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     evaluate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     evaluate.set_defaults(func=_evaluate)
-
-
-def _setup(args) -> None:
-    import torch
-
-    from ..models import keep_freed_memory
-    from ..train import resolve_device
-
-    resolve_device(args.device)  # fail before loading anything
-    keep_freed_memory()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
 
 
 # ---------------------------------------------------------------------------------------- mix
