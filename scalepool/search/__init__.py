@@ -12,20 +12,18 @@
   sharing a study stop exactly at its trial target.
 """
 
+from ._journal import JournalCorruptError, StorageWriteError, repair_journal
 from ._models import COARSE_NODES, DEFAULT_SPACES, ModelSearch, build_any_branch, parse_space, search_models
+from ._optimize import optimize
 from ._run import cache_checksum, export_study, make_sampler, quiet_optuna, search_scales
 from ._scales import SPACES, ScaleSearch
 from ._storage import (
-    JournalCorruptError,
-    StorageWriteError,
     StudyDataMismatch,
     bind_study_data,
     finished,
     open_results,
     open_storage,
-    optimize,
     recover_dead_trials,
-    repair_journal,
     sampler_seed,
     storage_kind,
 )

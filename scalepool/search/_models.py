@@ -230,8 +230,9 @@ def search_models(
     """
     from .._files import write_json
     from ..data import FrameSet
+    from ._optimize import optimize
     from ._run import export_study, make_sampler, quiet_optuna
-    from ._storage import bind_study_data, finished, open_results, open_storage, optimize
+    from ._storage import bind_study_data, finished, open_results, open_storage
 
     quiet_optuna()
     data_path = None

@@ -11,8 +11,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from ._optimize import optimize
 from ._scales import ScaleSearch
-from ._storage import bind_study_data, finished, open_results, open_storage, optimize, sampler_seed
+from ._storage import bind_study_data, finished, open_results, open_storage, sampler_seed
 
 logger = logging.getLogger(__name__)
 

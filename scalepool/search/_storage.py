@@ -38,14 +38,10 @@ only the trials its own worker finished.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import os
 import random
 import socket
 import sqlite3
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -53,10 +49,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import TrialState
 
-from .._files import write_atomic
+from ._journal import JournalCorruptError, _SafeJournalFileBackend, repair_journal
 
 WORKER_ATTR = "scalepool_worker"
 RETRY_ATTR = "scalepool_retry_of"
@@ -68,165 +64,14 @@ _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _LOCK_ERRORS = ("database is locked", "database table is locked", "unable to open database")
 
 
-class StorageWriteError(OSError, ValueError):
-    """Writing to the study storage failed (disk full, no permission); nothing torn is left behind."""
 
 
 class StudyDataMismatch(ValueError):
     """A study was created for other data (another prediction cache or dataset)."""
 
 
-class JournalCorruptError(ValueError):
-    """A journal file holds a line that is no JSON record and contains none."""
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# ---------------------------------------------------------------- journal files
-_RECORD_START = b'{"op_code":'
-
-
-def _salvage(line: bytes) -> bytes | None:
-    """The complete record at the end of a line that starts with a torn one, or ``None``."""
-    start = line.rfind(_RECORD_START)
-    while start > 0:
-        try:
-            if isinstance(json.loads(line[start:]), dict):
-                return line[start:]
-        except ValueError:
-            pass
-        start = line.rfind(_RECORD_START, 0, start)
-    return None
-
-
-def repair_journal(path: str | os.PathLike, lock: JournalFileOpenLock | None = None) -> int:
-    """Remove torn records from an optuna journal file; returns the number of bytes dropped.
-
-    A record cut short by a failed write (disk full) or a killed writer is an
-    incomplete last line; a later append glues its record onto it.  Both are
-    repaired: the incomplete tail is truncated, and of a glued line only the
-    complete record at its end is kept, so every complete trial survives.  A line
-    that holds no record at all raises :class:`JournalCorruptError` naming it.
-    Runs under the journal's own lock; warns (RuntimeWarning) when it dropped bytes.
-    """
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    lock = lock or JournalFileOpenLock(str(path))
-    lock.acquire()
-    try:
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        tail = lines.pop()  # bytes after the last newline: a torn record, or b""
-        kept, dropped, repaired = [], len(tail), []
-        for number, line in enumerate(lines, start=1):
-            try:
-                json.loads(line)
-                kept.append(line)
-                continue
-            except ValueError:
-                pass
-            record = b"" if not line.strip() else _salvage(line)
-            if record is None:
-                raise JournalCorruptError(
-                    f"{path}: line {number} of the optuna journal is not a JSON record and holds none "
-                    f"(it starts {line[:60]!r}); the file is corrupt beyond a torn write"
-                )
-            dropped += len(line) - len(record) + (0 if record else 1)
-            repaired.append(number)
-            if record:
-                kept.append(record)
-        if not dropped:
-            return 0
-        try:
-            if not repaired:
-                os.truncate(path, len(data) - len(tail))  # in place: other workers' offsets stay valid
-            else:
-                write_atomic(path, b"".join(line + b"\n" for line in kept))  # the old file stays on error
-        except OSError as err:
-            raise StorageWriteError(
-                f"{path}: cannot repair the torn optuna journal ({err.strerror or err}); the file is unchanged: "
-                "free space and run the same command again"
-            ) from err
-    finally:
-        lock.release()
-    where = f"an incomplete last record ({len(tail)} bytes)" if tail else ""
-    if repaired:
-        where += (" and " if where else "") + f"torn records glued to line(s) {repaired[:10]}"
-    warnings.warn(
-        f"{path}: repaired the optuna journal: dropped {dropped} bytes of {where} left by a write cut short "
-        f"(disk full or a killed worker); all {len(kept)} complete records are kept",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    return dropped
-
-
-class _SafeJournalFileBackend(JournalFileBackend):
-    """optuna's journal file whose appends never leave a torn record: a failed append is
-    truncated away at once and raised as :class:`StorageWriteError`, and a torn tail left
-    by a killed writer is removed before the next append."""
-
-    def append_logs(self, logs: list[dict]) -> None:
-        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
-        path = self._file_path
-        self._lock.acquire()
-        try:
-            size = _drop_torn_tail(path)
-            try:
-                _append_bytes(path, data)
-            except BaseException as err:
-                try:
-                    os.truncate(path, size)
-                except OSError:
-                    pass
-                if isinstance(err, OSError):
-                    raise StorageWriteError(
-                        f"{path}: appending to the optuna journal failed ({err.strerror or err}); the partial "
-                        "record was removed and every finished trial is intact: free space (or fix the "
-                        "permissions) and run the same command again to continue"
-                    ) from err
-                raise
-        finally:
-            self._lock.release()
-
-
-def _append_bytes(path: str, data: bytes) -> None:
-    """Append ``data`` to the journal and flush it to disk (optuna's own append; one call)."""
-    with open(path, "ab") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _drop_torn_tail(path: str) -> int:
-    """Truncate bytes after the last newline (a torn record of a killed writer); returns the size."""
-    size = os.path.getsize(path)
-    if not size:
-        return 0
-    with open(path, "rb") as handle:
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return size
-        position = size
-        while position > 0:
-            step = min(65536, position)
-            handle.seek(position - step)
-            chunk = handle.read(step)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                position = position - step + newline + 1
-                break
-            position -= step
-    os.truncate(path, position)
-    warnings.warn(
-        f"{path}: dropped {size - position} bytes of a torn journal record (a writer was killed mid-write)",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return position
 
 
 def storage_kind(spec: str | os.PathLike) -> tuple[str, str]:
@@ -457,210 +302,3 @@ def recover_dead_trials(
 def finished(study: optuna.Study) -> int:
     """Number of COMPLETE and PRUNED trials."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def _storage_key(storage) -> str | None:
-    """The file or URL behind an optuna storage (through optuna's caching wrapper), or ``None``."""
-    for _ in range(3):
-        if storage is None:
-            return None
-        url = getattr(storage, "url", None)
-        if isinstance(url, str):
-            return url
-        path = getattr(storage, "_file_path", None)
-        if isinstance(path, str):
-            return str(Path(path).resolve())
-        storage = getattr(storage, "_backend", None)
-    return None
-
-
-class _ReservationLock:
-    """An exclusive ``flock`` shared by the workers of one machine on one study.
-
-    The lock file lives in the temporary folder (named by a hash of the storage and
-    the study), not beside the user's storage.  Without ``fcntl`` (Windows) or for an
-    in-memory storage it does nothing.
-    """
-
-    def __init__(self, study: optuna.Study):
-        key = _storage_key(study._storage)
-        self._path = None
-        if key is not None:
-            digest = hashlib.sha256(f"{key}\0{study.study_name}".encode()).hexdigest()[:20]
-            self._path = Path(tempfile.gettempdir()) / f"scalepool-optuna-{digest}.lock"
-        self._fd: int | None = None
-
-    @property
-    def shared(self) -> bool:
-        """Whether the lock is shared with other processes (a storage file or URL, POSIX)."""
-        try:
-            import fcntl  # noqa: F401
-        except ImportError:  # pragma: no cover - not POSIX
-            return False
-        return self._path is not None
-
-    def acquire(self) -> None:
-        if self._path is None or self._fd is not None:
-            return
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o666)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        import fcntl
-
-        fd, self._fd = self._fd, None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
-def _done_and_running(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    )
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return len(trials) - running, running
-
-
-def _storage_write_error(err: BaseException) -> StorageWriteError | None:
-    """A StorageWriteError behind ``err`` (optuna replaces it by an AssertionError when a tell fails)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, StorageWriteError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-class _HideStorageWriteTracebacks(logging.Filter):
-    """Drop optuna's "Trial N failed ... Traceback" log of a trial that a failed storage write
-    ended: :func:`optimize` raises that error with its own message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and _storage_write_error(record.exc_info[1]) is not None)
-
-
-_OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
-
-
-def optimize(
-    study: optuna.Study,
-    objective,
-    n_trials: int | None,
-    timeout: float | None = None,
-    catch: tuple = (),
-    callbacks: list | None = None,
-    progress: bool = False,
-) -> int:
-    """Run trials until the study holds ``n_trials`` finished (COMPLETE or PRUNED)
-    trials in total, or ``timeout`` seconds pass; returns the trials **this call** finished.
-
-    ``n_trials`` counts the whole study, so a killed and restarted search, or
-    several workers with the same target, stop together at the target.  Each trial
-    is reserved under a lock the workers of one machine share: a worker starts a
-    trial only while finished plus running trials are below the target, so two
-    workers never end above it (workers on several machines sharing a database
-    server may still overshoot by one trial per machine).  Lock errors of a shared
-    SQLite file are retried; a trial they interrupt is failed and its parameters
-    queued again.  A failed storage write raises :class:`StorageWriteError`.
-    """
-    import sqlalchemy.exc
-
-    start = time.monotonic()
-    me = worker_id()
-    lock = _ReservationLock(study)
-    # Under the lock, a RUNNING trial without a worker is one whose worker died between
-    # creating and tagging it (every worker tags its trial before it releases the lock).
-    # With RDB heartbeats (workers on several machines) the heartbeat handles those.
-    ownerless = lock.shared and getattr(study._storage, "get_heartbeat_interval", lambda: None)() is None
-    lock.acquire()
-    try:
-        recover_dead_trials(study, include_ownerless=ownerless)
-    finally:
-        lock.release()
-    mine = {"finished": 0, "failed_in_a_row": 0}
-    bar = None
-    if progress and n_trials is not None:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_trials, initial=finished(study), desc=study.study_name, unit="trial")
-
-    def reserve() -> bool:
-        """Take the lock and keep it (until the next trial exists) if another trial may start."""
-        lock.acquire()
-        if n_trials is None:
-            return True
-        done, running = _done_and_running(study)
-        if done < n_trials <= done + running:
-            # running trials of dead workers do not count: fail (and queue) them first
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # RDB heartbeats; no-op otherwise
-            recover_dead_trials(study, include_ownerless=ownerless)
-            done, running = _done_and_running(study)
-        # stop at the target (counting the trials other workers are running), or when
-        # as many trials in a row failed as are missing (nothing finishes)
-        if done + running >= n_trials or mine["failed_in_a_row"] >= max(n_trials - done, 1):
-            lock.release()
-            return False
-        return True
-
-    def wrapped(trial: optuna.Trial) -> float:
-        try:
-            study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, me)
-        finally:
-            lock.release()  # the trial exists (RUNNING) and is tagged: the others count it from now on
-        return objective(trial)
-
-    def after_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            mine["finished"] += 1
-            mine["failed_in_a_row"] = 0
-            if bar is not None:
-                bar.update(1)
-        else:
-            mine["failed_in_a_row"] += 1
-        if not reserve():
-            study.stop()
-
-    hide = _HideStorageWriteTracebacks()
-    logging.getLogger(_OPTUNA_TRIAL_LOGGER).addFilter(hide)
-    try:
-        while True:
-            remaining = None if timeout is None else timeout - (time.monotonic() - start)
-            if (remaining is not None and remaining <= 0) or not reserve():
-                break
-            try:
-                # one optimize call: each trial reserves the next one in its callback
-                study.optimize(
-                    wrapped, n_trials=None, timeout=remaining, catch=catch,
-                    callbacks=[*(callbacks or []), after_trial],
-                )  # fmt: skip
-                break
-            except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as err:
-                if not _is_lock_error(err):
-                    raise
-                lock.release()
-                time.sleep(0.1 + random.random() * 0.4)
-                _retry(lambda: recover_dead_trials(study, include_own=True))
-            except Exception as err:
-                cause = _storage_write_error(err)
-                if cause is not None and cause is not err:
-                    raise cause from None
-                raise
-            finally:
-                lock.release()
-    finally:
-        logging.getLogger(_OPTUNA_TRIAL_LOGGER).removeFilter(hide)
-        if bar is not None:
-            bar.close()
-    return mine["finished"]

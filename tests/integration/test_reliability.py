@@ -37,7 +37,6 @@ from optuna.trial import TrialState
 
 from scalepool import testing
 from scalepool.cli import main
-from scalepool.cli._main import build_parser
 from scalepool.data import (
     DatasetError,
     FrameSet,
@@ -57,6 +56,7 @@ from scalepool.search import (
     repair_journal,
     search_scales,
 )
+from scalepool.search import _journal as journal_module  # the journal writer
 from scalepool.search import _storage as storage_module
 from scalepool.units import NM_TO_ANGSTROM
 
@@ -130,12 +130,6 @@ def umask(mask: int):
         yield
     finally:
         os.umask(old)
-
-
-def search_subcommand() -> str:
-    """The ``scalepool search`` subcommand that searches a prediction cache (``settings``, once ``scales``)."""
-    search = build_parser()._subparsers._group_actions[0].choices["search"]
-    return "settings" if "settings" in search._subparsers._group_actions[0].choices else "scales"
 
 
 # ------------------------------------------------------------------ 1. TRR atom count
@@ -436,7 +430,7 @@ def test_search_refuses_a_study_created_on_another_cache(tmp_path, caches, capsy
     assert "study 'scales-pool'" in message and checksums[0] in message and checksums[1] in message
     assert "pred0.npz" in message and "pred1.npz" in message
     code, _, err = cli([
-        "search", search_subcommand(), "--pred", caches[1], "--storage", storage, "--n-trials", "6",
+        "search", "settings", "--pred", caches[1], "--storage", storage, "--n-trials", "6",
     ], capsys)  # fmt: skip
     assert_clean_failure(code, err, "scales-pool", checksums[0], checksums[1])
     study = optuna.load_study(study_name="scales-pool", storage=open_storage(storage))
@@ -495,7 +489,7 @@ def test_journal_with_a_record_glued_to_a_torn_one_is_repaired(tmp_path, caches)
 def test_disk_full_during_an_append_ends_cleanly_and_loses_nothing(tmp_path, caches, capsys, monkeypatch):
     journal = tmp_path / "study.log"
     as_dead_worker(monkeypatch)
-    real_append = storage_module._append_bytes
+    real_append = journal_module._append_bytes
     calls = []
 
     def disk_full_after_40(path, data):
@@ -506,7 +500,7 @@ def test_disk_full_during_an_append_ends_cleanly_and_loses_nothing(tmp_path, cac
             raise OSError(errno.ENOSPC, "No space left on device")
         real_append(path, data)
 
-    monkeypatch.setattr(storage_module, "_append_bytes", disk_full_after_40)
+    monkeypatch.setattr(journal_module, "_append_bytes", disk_full_after_40)
     with pytest.raises(
         StorageWriteError, match=r"study\.log: appending to the optuna journal failed \(No space"
     ):
@@ -514,13 +508,13 @@ def test_disk_full_during_an_append_ends_cleanly_and_loses_nothing(tmp_path, cac
     assert isinstance(StorageWriteError("x"), OSError)
     calls.clear()
     code, _, err = cli([
-        "search", search_subcommand(), "--pred", caches[0], "--storage", journal, "--n-trials", "12",
+        "search", "settings", "--pred", caches[0], "--storage", journal, "--n-trials", "12",
     ], capsys)  # fmt: skip
     assert_clean_failure(code, err, "study.log", "No space left on device", "run the same command again")
     data = journal.read_bytes()
     assert data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
     finished_before = _complete(journal)
-    monkeypatch.setattr(storage_module, "_append_bytes", real_append)
+    monkeypatch.setattr(journal_module, "_append_bytes", real_append)
     as_dead_worker(monkeypatch, dead=False)
     record = search_scales(caches[0], journal, n_trials=12)
     assert record["n_finished"] == 12
@@ -551,7 +545,7 @@ def _worker(args: list[str]) -> list[str]:
 @pytest.mark.parametrize("suffix", [".log"])
 def test_two_workers_stop_at_the_target_and_count_their_own_trials(tmp_path, caches, suffix):
     storage = tmp_path / f"study{suffix}"
-    args = ["search", search_subcommand(), "--pred", str(caches[0]), "--storage", str(storage),
+    args = ["search", "settings", "--pred", str(caches[0]), "--storage", str(storage),
             "--n-trials", "30", "--threads", "1"]  # fmt: skip
     workers = [
         subprocess.Popen(
