@@ -45,7 +45,16 @@ def _errors(result: dict) -> dict:
 
 
 def run(
-    preds, out, *, seeds=(0,), device="cpu", parameters=None, steps=200, router_steps=300, hidden=16
+    preds,
+    out,
+    *,
+    seeds=(0,),
+    device="cpu",
+    parameters=None,
+    steps=200,
+    router_steps=300,
+    hidden=16,
+    monitor_frames=16,
 ) -> Path:
     caches, labels, results = open_results(preds, out, NAME, parameters or {"steps": steps}, seeds)
     rows, summary_rows = [], []
@@ -78,6 +87,7 @@ def run(
                 hidden=hidden,
                 seed=int(seeds[0]),
                 device=device,
+                monitor_frames=monitor_frames,
             )
             file = save_mixed(
                 model, record, results.file(f"{'mixed' if kind == 'real' else 'null'}_{label}.pt")
@@ -133,8 +143,11 @@ STUDY = Study(
     "built on the null pair; test MAE (meV/Å), mean ± std over caches.",
     run=run,
     options={
-        "steps": Option(int, 200, 40, "end-to-end optimiser steps per mixed model (one train frame each)"),
+        "steps": Option(int, 200, 24, "end-to-end optimiser steps per mixed model (one train frame each)"),
         "router_steps": Option(int, 300, 120, "warm-start steps of the router on the cached forces"),
         "hidden": Option(int, 16, None, "router MLP width"),
+        "monitor_frames": Option(
+            int, 16, 6, "train frames scored before and after the fit (reported, not fitted)"
+        ),
     },
 )
