@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..models import BRANCHES
+from ..train import add_train_arguments, settings_from_args
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -41,41 +42,15 @@ def register(commands) -> None:
         "config.json. Repeating the command on an interrupted RUN resumes it exactly where it stopped; "
         "different settings or another dataset are refused.",
     )
-    train.add_argument("--branch", required=True, choices=list(BRANCHES), help="which branch to build: " + "; ".join(f"{b.name}: {b.description}" for b in BRANCHES.values()))
+    train.add_argument(
+        "--branch",
+        required=True,
+        choices=list(BRANCHES),
+        help="which branch to build: " + "; ".join(f"{b.name}: {b.description}" for b in BRANCHES.values()),
+    )
     train.add_argument("--data", required=True, type=Path, help="dataset .npz (scalepool data nacl)")
     train.add_argument("--out", required=True, type=Path, help="run directory (created or resumed)")
-    train.add_argument("--epochs", type=int, default=100, help="total epochs of the run (default 100)")
-    train.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop cleanly after this many minutes (checkpoint kept; rerun to continue)",
-    )
-    train.add_argument("--seed", type=int, default=0, help="model initialisation and batch order (default 0)")
-    train.add_argument("--batch-size", type=int, default=1, help="frames per step (default 1)")
-    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    train.add_argument(
-        "--loss", choices=["mae", "mse", "huber"], default="mae", help="force loss (default mae)"
-    )
-    train.add_argument(
-        "--energy-weight",
-        type=float,
-        default=0.1,
-        help="weight of the per-atom energy loss when the dataset has energies (default 0.1)",
-    )
-    train.add_argument(
-        "--patience",
-        type=int,
-        default=20,
-        help="early stopping: epochs without a better validation force MAE (default 20)",
-    )
-    train.add_argument(
-        "--split",
-        type=_fractions,
-        default=(0.8, 0.1, 0.1),
-        help="train,val,test fractions of the time-block split (default 0.8,0.1,0.1)",
-    )
-    train.add_argument("--split-gap", type=int, default=0, help="frames dropped between blocks (default 0)")
+    add_train_arguments(train, _fractions)  # --epochs, --lr, --split...: TrainSettings' fields and defaults
     train.add_argument(
         "--cutoff", type=float, default=None, help="branch cutoff in Å (default: the branch's)"
     )
@@ -87,9 +62,7 @@ def register(commands) -> None:
         metavar="KEY=VALUE",
         help="other branch constructor argument (JSON value), repeatable",
     )
-    train.add_argument("--checkpoint-every", type=int, default=20, help="also checkpoint every N batches")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    train.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --out")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -153,19 +126,8 @@ def _train(args: argparse.Namespace) -> int:
             model,
             frames,
             args.out,
-            epochs=args.epochs,
-            max_minutes=args.max_minutes,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            loss=args.loss,
-            energy_weight=args.energy_weight,
-            split_fractions=args.split,
-            split_gap=args.split_gap,
-            patience=args.patience,
-            checkpoint_every=args.checkpoint_every,
-            seed=args.seed,
+            **settings_from_args(args),
             device=args.device,
-            dtype=args.dtype,
             resume=False if args.no_resume else None,
             branch=args.branch,
             data_path=args.data,

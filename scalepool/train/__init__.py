@@ -5,10 +5,13 @@ from ._evaluate import SPLITS, evaluate_model, recorded_split
 from ._loop import TrainResult, train
 from ._predict import evaluate_forces, predict_cache, predict_forces
 from ._run_config import read_run_config
-from ._settings import LOSSES, SCHEDULERS, TrainSettings
+from ._settings import LOSSES, SCHEDULERS, TRAIN_FLAGS, TrainSettings, add_train_arguments, settings_from_args
 from ._state import HISTORY_COLUMNS
 
 __all__ = [
+    "TRAIN_FLAGS",
+    "add_train_arguments",
+    "settings_from_args",
     "SPLITS",
     "evaluate_model",
     "recorded_split",

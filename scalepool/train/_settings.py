@@ -24,7 +24,7 @@ _SESSION_FIELDS = ("epochs", "max_minutes", "checkpoint_every")
 class TrainSettings:
     """The keyword arguments of :func:`scalepool.train.train`, validated once (see its docstring)."""
 
-    epochs: int
+    epochs: int = 100
     max_minutes: float | None = None
     batch_size: int = 1
     lr: float = 1e-3
@@ -114,6 +114,62 @@ class TrainSettings:
                 optimizer, mode="min", factor=self.lr_factor, patience=self.lr_patience, min_lr=self.min_lr
             )
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs, eta_min=self.min_lr)
+
+
+#: Help (and choices) of each setting on the command line; flags, types and defaults come
+#: from the :class:`TrainSettings` fields, so a default is stated once.
+TRAIN_FLAGS: dict[str, tuple[str, tuple | None]] = {
+    "epochs": ("total epochs of the run: its budget, in optimiser steps x steps per epoch", None),
+    "max_minutes": (
+        "wall-clock safety stop: stop cleanly (checkpoint kept, rerun to continue), never a budget",
+        None,
+    ),
+    "batch_size": ("frames per optimiser step", None),
+    "lr": ("AdamW learning rate", None),
+    "weight_decay": ("AdamW weight decay", None),
+    "loss": ("force loss", LOSSES),
+    "huber_delta": ("Huber loss threshold, eV/Å", None),
+    "energy_weight": ("weight of the per-atom energy loss when the dataset has energies", None),
+    "split_fractions": ("train,val,test fractions of the time-block split", None),
+    "split_gap": ("frames dropped between blocks", None),
+    "patience": ("early stopping: epochs without a better validation force MAE", None),
+    "scheduler": ("learning-rate schedule", SCHEDULERS),
+    "lr_factor": ("plateau schedule: factor on a plateau", None),
+    "lr_patience": ("plateau schedule: epochs of plateau", None),
+    "min_lr": ("smallest learning rate", None),
+    "max_grad_norm": ("clip the gradient norm (default: no clipping)", None),
+    "checkpoint_every": ("also checkpoint every N batches", None),
+    "seed": ("model initialisation and batch order", None),
+    "dtype": ("floating-point type of the model", ("float32", "float64")),
+}
+
+
+def add_train_arguments(parser, parse_fractions) -> None:
+    """``--epochs``, ``--lr``... flags for every :class:`TrainSettings` field (``--split`` for
+    ``split_fractions``, parsed by ``parse_fractions``); dests are the field names."""
+    kinds = {"int": int, "float": float, "str": str}
+    for field in dataclasses.fields(TrainSettings):
+        help_text, choices = TRAIN_FLAGS[field.name]
+        default = field.default
+        flag = "--split" if field.name == "split_fractions" else "--" + field.name.replace("_", "-")
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "default": default,
+            "help": f"{help_text} (default {default})",
+        }
+        if field.name == "split_fractions":
+            kwargs["type"] = parse_fractions
+            kwargs["help"] = f"{help_text} (default {','.join(f'{v:g}' for v in default)})"
+        else:
+            kwargs["type"] = kinds[str(field.type).split(" |")[0]]
+        if choices:
+            kwargs["choices"] = choices
+        parser.add_argument(flag, **kwargs)
+
+
+def settings_from_args(args) -> dict[str, Any]:
+    """The :class:`TrainSettings` keyword arguments of parsed :func:`add_train_arguments` flags."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainSettings)}
 
 
 def _is_int(value, minimum: int) -> bool:

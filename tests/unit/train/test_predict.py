@@ -99,7 +99,9 @@ def test_cache_errors_table(setup, tmp_path):
     # the trained long branch (cutoff of the reference potential) beats the constant baseline
     assert table.loc["overall", "long MAE"] < table.loc["overall", "baseline MAE"]
     close = cache_errors(cache, "val", nearest_ion=np.full((4, frames.n_atoms), 5.0))
-    assert close.loc["near-ion", "n_atoms"] == 4 * frames.n_atoms and close.loc["far-from-ions", "n_atoms"] == 0
+    assert (
+        close.loc["near-ion", "n_atoms"] == 4 * frames.n_atoms and close.loc["far-from-ions", "n_atoms"] == 0
+    )
     with pytest.raises(ValueError, match="split must be one of"):
         cache_errors(cache, "dev")
 
@@ -208,7 +210,10 @@ def test_cli_errors(tmp_path):
             "name=abc",
         ]
     )
-    assert args.split == (0.7, 0.15, 0.15) and args.model_option == [("n_features", 16), ("name", "abc")]
+    assert args.split_fractions == (0.7, 0.15, 0.15) and args.model_option == [
+        ("n_features", 16),
+        ("name", "abc"),
+    ]
     args = _parse(["predict", "--run", str(tmp_path / "none"), "--data", "d.npz", "--out", "p.npz"])
     with pytest.raises(FileNotFoundError):
         args.func(args)
@@ -226,3 +231,32 @@ def test_gap_frames_left_out_and_scales_reader(tmp_path):
     np.testing.assert_array_equal(cache.positions, frames.positions[keep])
     np.testing.assert_array_equal(cache.split, [0] * 6 + [1] * 2 + [2] * 2)
     assert cache.anchors == ("short", "short") and cache.n_frames == 10
+
+
+def test_train_flags_come_from_the_settings():
+    """Every TrainSettings field is a train flag with the settings' default (stated once)."""
+    import dataclasses
+
+    from scalepool.train import TrainSettings
+
+    args = _parse(["train", "--branch", "short", "--data", "d.npz", "--out", "r"])
+    for field in dataclasses.fields(TrainSettings):
+        assert getattr(args, field.name) == field.default, field.name
+    args = _parse(
+        [
+            "train",
+            "--branch",
+            "short",
+            "--data",
+            "d.npz",
+            "--out",
+            "r",
+            "--scheduler",
+            "cosine",
+            "--lr",
+            "0.01",
+        ]
+    )
+    assert args.scheduler == "cosine" and args.lr == 0.01
+    with pytest.raises(SystemExit):
+        _parse(["train", "--branch", "short", "--data", "d.npz", "--out", "r", "--loss", "l3"])
