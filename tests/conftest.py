@@ -17,12 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # standins.py
 
-#: Absolute and relative tolerances for comparisons that should hold to
-#: round-off (energies in eV, forces in eV/Å) in each floating-point dtype.
-TOLERANCES = {
-    torch.float32: {"atol": 2e-4, "rtol": 1e-4},
-    torch.float64: {"atol": 1e-9, "rtol": 1e-9},
-}
+from scalepool.testing import TOLERANCES  # noqa: E402  (the one table: round-off tolerances per dtype)
 
 
 @pytest.fixture(autouse=True)
