@@ -253,6 +253,47 @@ def _with_null(real: pd.DataFrame, null: pd.DataFrame | None) -> pd.DataFrame:
     return pd.concat([real, null], ignore_index=True)
 
 
+#: ``meta`` fields that several caches averaged as seeds must share (where a cache records them)
+SHARED_META = ("dataset_checksum", "split_fractions", "split_gap", "frame_index")
+
+
+def _cache_label(i: int, cache: PredictionCache) -> str:
+    """``cache <i>`` (0-based, in the order given) and its file (``meta["source"]``) or its runs."""
+    where = cache.meta.get("source") or cache.meta.get("runs")
+    return f"cache {i}" + (f" ({where})" if where else "")
+
+
+def _shown(field: str, value) -> str:
+    if value is None:
+        return "none recorded"
+    if field == "dataset_checksum":
+        return f"{str(value)[:16]}..."
+    if field == "frame_index" and isinstance(value, list):
+        return f"{len(value)} frames [{value[0] if value else ''}..{value[-1] if value else ''}]"
+    return repr(value)
+
+
+def _check_same_experiment(caches: list[PredictionCache]) -> None:
+    """Several caches are averaged as seeds of one experiment: refuse caches of another dataset,
+    split or anchor pair, naming the first two that differ and the field."""
+    first = caches[0]
+    for i, cache in enumerate(caches[1:], start=1):
+        fields = [("anchors", list(first.anchors), list(cache.anchors))]
+        fields += [
+            (f"meta['{key}']", first.meta.get(key), cache.meta.get(key))
+            for key in SHARED_META
+            if key in first.meta or key in cache.meta
+        ]
+        for field, a, b in fields:
+            if a != b:
+                key = field.removeprefix("meta['").removesuffix("']")
+                raise ValueError(
+                    f"{_cache_label(0, first)} and {_cache_label(i, cache)} differ in {field}: "
+                    f"{_shown(key, a)} vs {_shown(key, b)}; several caches are averaged as seeds of one "
+                    "experiment and must share the dataset, the split and the anchors"
+                )
+
+
 def scale_table(
     caches: PredictionCache | list[PredictionCache],
     granularity: str = ScaleSettings.granularity,
@@ -285,6 +326,7 @@ def scale_table(
     caches = [caches] if isinstance(caches, PredictionCache) else list(caches)
     if not caches:
         raise ValueError("scale_table needs at least one prediction cache")
+    _check_same_experiment(caches)
     pair, note = resolve_null_pair(caches, null_pair)
     ScaleSettings.validated(  # one check, with a message naming the setting
         granularity=granularity, loss=loss, tol=tol, max_size=max_size, router_steps=router_steps
@@ -300,7 +342,11 @@ def scale_table(
         tables.append(_with_null(table, null))
         details.append(detail)
     stacked = pd.concat(tables, ignore_index=True)
-    numeric = [*METRICS, "gain_recovered", *GAINS, *EXCESS]
+    # subsets beyond the three headline metrics, and the contact subsets' sizes (test split)
+    extra = [
+        c for c in ("contact_frame_mae", "near_ion_mae", "n_contact_ions", "n_contact_frames") if c in stacked
+    ]
+    numeric = [*METRICS, "gain_recovered", *GAINS, *EXCESS, *extra]
     grouped = stacked.groupby("method", sort=False)
     out = grouped[numeric].mean()
     out = out.join(grouped[numeric].std(ddof=1).add_suffix("_std"))

@@ -86,7 +86,7 @@ def _subset_sentence(results: Path) -> str:
     return (
         f"*contact ions*: Na and Cl whose nearest counter-ion is within {CONTACT_PAIR_DISTANCE:g} Å (the first "
         f"minimum of the testbed's Na-Cl g(r)): {table['n_contact_ions'].iloc[0]:.0f} ion-frames in "
-        f"{table['n_contact_frames'].iloc[0]:.0f} test frames (first cache); table.csv also holds "
+        f"{table['n_contact_frames'].iloc[0]:.0f} test frames (mean over caches); table.csv also holds "
         "`contact_frame_mae` (all atoms of those frames) and `near_ion_mae` (the paper's 6 Å any-ion subset)."
     )
 
