@@ -3,7 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+
+#: OSError codes that say something about the user's files or machine (a full disk, a
+#: read-only folder, a file where a folder was named), not about scalepool: reported
+#: like a ValueError, without a traceback.
+_USER_ERRNOS = {
+    getattr(errno, name)
+    for name in (
+        "ENOSPC",
+        "EDQUOT",
+        "EACCES",
+        "EPERM",
+        "EROFS",
+        "EISDIR",
+        "ENOTDIR",
+        "EEXIST",
+        "ENAMETOOLONG",
+    )
+    if hasattr(errno, name)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,4 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:
         print(f"scalepool {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in _USER_ERRNOS:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"scalepool {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2

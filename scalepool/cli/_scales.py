@@ -59,6 +59,8 @@ def _table(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     caches = [PredictionCache.load(path) for path in args.pred]
+    for path, cache in zip(args.pred, caches, strict=True):
+        cache.meta["source"] = str(path)  # names the file in scale_table's errors (not written anywhere)
     start = time.perf_counter()
     df, details = scale_table(
         caches,

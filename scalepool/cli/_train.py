@@ -65,6 +65,13 @@ def register(commands) -> None:
     train.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run in --out")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in --out even if it holds another run's files (best.pt, last.pt, "
+        "history.csv, config.json, checkpoint.pt), replacing them; without it such a folder is refused "
+        "unless its checkpoint.pt can be resumed",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_train)
 
@@ -120,7 +127,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.cutoff is not None:
         overrides["cutoff"] = args.cutoff
     torch.manual_seed(args.seed)
-    model = build_branch(args.branch, **overrides)
+    try:
+        model = build_branch(args.branch, **overrides)
+    except TypeError as err:  # an unknown or mistyped constructor argument: the user's option
+        given = ", ".join(f"{key}={value!r}" for key, value in args.model_option)
+        raise ValueError(
+            f"--model-option: the {args.branch} branch does not accept the options given ({given}): {err}"
+        ) from err
     try:
         result = train(
             model,
@@ -129,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
             **settings_from_args(args),
             device=args.device,
             resume=False if args.no_resume else None,
+            overwrite=args.overwrite,
             branch=args.branch,
             data_path=args.data,
             progress=not args.no_progress,

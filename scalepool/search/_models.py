@@ -143,7 +143,7 @@ class ModelSearch:
         return self.build(self.branch, **self.fixed, **params)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from ..train import train
+        from ..train import NonFiniteError, train
 
         params = suggest(trial, self.space)
         run_dir = self.run_dir(params)
@@ -157,10 +157,15 @@ class ModelSearch:
                 budget = self.max_minutes - (time.perf_counter() - start) / 60.0
                 if budget <= 0:
                     break
-            result = train(
-                model, self.frames, run_dir, epochs=epoch, max_minutes=budget, seed=self.seed,
-                branch=self.branch, data_path=self.data_path, progress=False, **self.train_options,
-            )  # fmt: skip
+            try:
+                result = train(
+                    model, self.frames, run_dir, epochs=epoch, max_minutes=budget, seed=self.seed,
+                    branch=self.branch, data_path=self.data_path, progress=False, **self.train_options,
+                )  # fmt: skip
+            except (
+                NonFiniteError
+            ) as err:  # a diverging trial is a bad point of the space, not a failed search
+                raise optuna.TrialPruned(f"diverged: {err}") from err
             for row in result.history.itertuples(index=False):
                 if row.epoch > reported:
                     trial.report(float(row.val_force_mae_meV_A), int(row.epoch))

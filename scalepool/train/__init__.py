@@ -1,6 +1,16 @@
 """Training of force branches (checkpoints, resume, early stopping) and the prediction cache."""
 
-from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device, resolve_dtype
+from ._common import (
+    BEST,
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    LAST,
+    NonFiniteError,
+    TrainError,
+    resolve_device,
+    resolve_dtype,
+)
 from ._evaluate import SPLITS, evaluate_model, recorded_split
 from ._loop import TrainResult, train
 from ._predict import evaluate_forces, predict_cache, predict_forces
@@ -23,6 +33,7 @@ __all__ = [
     "LAST",
     "LOSSES",
     "SCHEDULERS",
+    "NonFiniteError",
     "TrainError",
     "TrainResult",
     "TrainSettings",

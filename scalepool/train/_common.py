@@ -18,6 +18,10 @@ class TrainError(ValueError):
     """A training or prediction request cannot be honoured; the message says why."""
 
 
+class NonFiniteError(TrainError):
+    """A loss, gradient or prediction became NaN or inf; nothing of that step was kept."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """Validate a device request: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
 

@@ -31,6 +31,8 @@ nothing else: validation runs after every epoch, whatever the clock says.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import time
 from pathlib import Path
@@ -43,20 +45,26 @@ from .._files import canonical_json
 from ..data import FrameSet
 from ..models import AtomsBatch, branch_name
 from . import _model_io
-from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, resolve_device
+from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, NonFiniteError, TrainError, resolve_device
 from ._predict import evaluate_forces
 from ._run_config import record_result, write_run_config
 from ._settings import TrainSettings, epoch_batches, steps_per_epoch
 from ._state import (
     Progress,
+    check_finite_model,
     check_resumable,
     history_frame,
+    kept_note,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
     write_history,
+    writing,
 )
+
+#: The files of a run directory, in the order an error message lists them.
+RUN_FILES = (CHECKPOINT, BEST, LAST, HISTORY, CONFIG)
 
 
 @dataclasses.dataclass
@@ -116,6 +124,7 @@ def train(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
     resume: bool | None = None,
+    overwrite: bool = False,
     branch: str | None = None,
     data_path: str | os.PathLike | None = None,
     progress: bool = True,
@@ -156,6 +165,13 @@ def train(
     resume : ``None`` resumes when ``out_dir`` holds a checkpoint; ``True``
         requires one; ``False`` refuses a directory that holds one.  A
         checkpoint made with other settings or another dataset is refused.
+    overwrite : start a new run in ``out_dir`` even when it holds the files of
+        another run (``best.pt``, ``last.pt``, ``history.csv``, ``config.json``,
+        ``checkpoint.pt``): they are replaced.  Without it a folder holding run
+        files but no checkpoint is refused (a finished run whose checkpoint was
+        removed, another tool's output), except the same request's own attempt
+        killed before its first checkpoint, which starts again.  Cannot be
+        combined with ``resume=True``.
     branch : run name written to ``config.json`` and used by
         :func:`predict_cache` as ``forces_<branch>``; default
         :func:`scalepool.models.branch_name` (``short``/``long``/``muse`` for the catalogue's branches)
@@ -165,6 +181,14 @@ def train(
     Returns
     -------
     TrainResult.  ``KeyboardInterrupt`` is re-raised after a checkpoint is saved.
+
+    Raises
+    ------
+    TrainError
+        for bad settings, a folder that is not this run's, a non-finite loss,
+        gradient or validation prediction (naming the epoch and the frames; the
+        checkpoint and ``best.pt`` stay the last good ones) or a failed write
+        (disk full: naming the file; the previous file is kept).
     """
     settings = TrainSettings(
         epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -181,7 +205,7 @@ def train(
                 f"model {type(model).__name__} has no '{attribute}' attribute (ForceModel interface)"
             )
     session = _Session(model, frames, Path(out_dir), settings, resolve_device(device), branch, progress)
-    session.start(resume, data_path)
+    session.start(resume, data_path, overwrite)
     return session.run()
 
 
@@ -207,26 +231,46 @@ class _Session:
         self.loss_fn = settings.loss_function()
 
     # ---------------------------------------------------------------- setup
-    def start(self, resume: bool | None, data_path) -> None:
+    def start(self, resume: bool | None, data_path, overwrite: bool = False) -> None:
         """Fresh run (species statistics, seed) or restore every state from the checkpoint."""
         s, paths = self.s, self.paths
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainError(
+                f"{self.out} is a file, not a folder: the run directory must be a folder (new or existing)"
+            )
+        if overwrite and resume is True:
+            raise TrainError("overwrite starts a new run; it cannot be combined with resume=True")
         has_checkpoint = paths[CHECKPOINT].exists()
         if resume is True and not has_checkpoint:
             raise TrainError(f"cannot resume: {paths[CHECKPOINT]} does not exist")
-        if resume is False and has_checkpoint:
+        if resume is False and has_checkpoint and not overwrite:
             raise TrainError(
                 f"{self.out} already holds a training run ({CHECKPOINT}); resume it or use a new directory"
             )
-        self.resumed = has_checkpoint
+        self.resumed = has_checkpoint and not overwrite
         saved = None
         if self.resumed:
             saved = load_checkpoint(paths[CHECKPOINT])
             check_resumable(saved, self.request, self.checksum, paths[CHECKPOINT])
         else:
+            found = [name for name in RUN_FILES if paths[name].exists()]
+            if found and not overwrite and not self.own_attempt():
+                raise TrainError(
+                    f"{self.out} already holds files of another run ({', '.join(found)}) and no "
+                    f"{CHECKPOINT} to resume from; refusing to overwrite them: use a new folder, or pass "
+                    "--overwrite (overwrite=True) to replace that run"
+                )
             _model_io.fit_species_statistics(self.model, self.frames[self.split["train"]])
-            for stale in (paths[BEST], paths[LAST]):  # left by an attempt killed before its first checkpoint
-                stale.unlink(missing_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
+            # the replaced run's files (with overwrite), or those of this request's attempt
+            # killed before its first checkpoint; the checkpoint goes first, so that a crash
+            # from here on never resumes it beside the new run's files
+            for stale in (paths[CHECKPOINT], paths[BEST], paths[LAST]):
+                with writing(stale, "remove it by hand or use a new folder"):
+                    stale.unlink(missing_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrainError(f"cannot create the run directory {self.out}: {err.strerror or err}") from err
         self.model.to(device=self.device, dtype=self.dtype)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         self.scheduler = s.make_scheduler(self.optimizer)
@@ -247,6 +291,70 @@ class _Session:
         )  # fmt: skip
         self.base_elapsed = self.state.elapsed_s
         self.deadline = None if s.max_minutes is None else self.start_time + 60.0 * s.max_minutes
+
+    def own_attempt(self) -> bool:
+        """Whether the run files without a checkpoint are those of this very request killed before
+        its first checkpoint: no epoch in ``history.csv`` and, when ``config.json`` was written, the
+        same request and dataset and no result.  Such an attempt is started again; anything else
+        is another run."""
+        try:
+            history = self.paths[HISTORY]
+            epochs_done = len(history.read_text().splitlines()) - 1 if history.exists() else 0
+            if not self.paths[CONFIG].exists():  # killed between history.csv and config.json
+                return epochs_done <= 0 and not self.paths[BEST].exists() and not self.paths[LAST].exists()
+            config = json.loads(self.paths[CONFIG].read_text())
+            return (
+                config.get("request") == canonical_json(self.request)
+                and config["dataset"]["checksum"] == self.checksum
+                and config.get("result") is None
+                and epochs_done <= 0
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    def save_model(self, name: str) -> None:
+        """``best.pt`` or ``last.pt``, only ever with finite weights, atomically."""
+        path = self.paths[name]
+        check_finite_model(self.model, path)
+        with writing(path, kept_note(path)):
+            _model_io.save_model_atomic(self.model, path)
+
+    def non_finite(self, what: str, frames, out=None) -> NonFiniteError:
+        """The error of a non-finite training loss or gradient: epoch, batch and frames, and what
+        is left on disk (nothing of this batch was applied or written)."""
+        state = self.state
+        frames = [int(f) for f in frames]
+        detail = ""
+        if out is not None:
+            forces = out["forces"].detach().reshape(len(frames), -1, 3)
+            finite = torch.isfinite(forces).flatten(1).all(1)
+            if self.use_energy:
+                finite &= torch.isfinite(out["energy"].detach().reshape(-1))
+            culprits = [f for f, ok in zip(frames, finite.cpu().tolist(), strict=True) if not ok]
+            diverged = "a diverging model (lower --lr or set --max-grad-norm)"
+            if not culprits:
+                detail = f"; every frame's prediction is finite: {diverged}"
+            elif len(culprits) < len(frames):
+                detail = (
+                    f"; frame(s) {culprits} give non-finite predicted forces or energies "
+                    "(overlapping atoms? check the frames' positions)"
+                )
+            else:
+                detail = (
+                    f"; frame(s) {culprits} give non-finite predicted forces or energies "
+                    f"(overlapping atoms in them, or {diverged})"
+                )
+        saved = [
+            f"{CHECKPOINT} keeps the last good state"
+            if self.paths[CHECKPOINT].exists()
+            else f"no {CHECKPOINT} was written"
+        ]
+        if self.paths[BEST].exists():
+            saved.append(f"{BEST} is unchanged")
+        return NonFiniteError(
+            f"{what} at epoch {state.epoch + 1}, batch {state.batch + 1} (dataset frames {frames}){detail}; "
+            f"training stopped: {' and '.join(saved)}"
+        )
 
     def elapsed(self) -> float:
         return self.base_elapsed + time.perf_counter() - self.start_time
@@ -305,19 +413,31 @@ class _Session:
         model.train()
         while state.batch < len(batches):
             self.batch_rng, self.phase = rng_state(), "forward"
-            batch = AtomsBatch.from_frameset(self.frames, batches[state.batch], self.device, self.dtype)
+            index = batches[state.batch]
+            batch = AtomsBatch.from_frameset(self.frames, index, self.device, self.dtype)
             self.optimizer.zero_grad(set_to_none=True)
             out = model(batch)
             value = self.loss_fn(out["forces"], batch.forces)
             if self.use_energy:
                 n = self.frames.n_atoms
                 value = value + s.energy_weight * self.loss_fn(out["energy"] / n, batch.energy / n)
+            loss = float(value.detach())
+            if not math.isfinite(loss):
+                raise self.non_finite(f"non-finite training loss ({loss})", index, out)
             value.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+                names = [
+                    name
+                    for name, p in model.named_parameters()
+                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                ]
+                raise self.non_finite(f"non-finite gradient of {', '.join(names[:5])}", index, out)
             if s.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
             self.phase = "step"
             self.optimizer.step()
-            state.loss_sum += float(value.detach())
+            state.loss_sum += loss
             state.loss_count += 1
             state.batch += 1
             self.phase = "idle"
@@ -333,18 +453,26 @@ class _Session:
         """Validate; update best model, schedule and early stopping; close the epoch on disk."""
         s, state = self.s, self.state
         self.batch_rng, self.phase = rng_state(), "validate"
-        scores = evaluate_forces(
-            self.model,
-            self.frames,
-            self.split["val"],
-            batch_size=s.batch_size,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        try:
+            scores = evaluate_forces(
+                self.model,
+                self.frames,
+                self.split["val"],
+                batch_size=s.batch_size,
+                device=self.device,
+                dtype=self.dtype,
+                check_finite=True,
+            )
+        except TrainError as err:
+            saved = f"{CHECKPOINT} keeps the last good state" if self.paths[CHECKPOINT].exists() else ""
+            raise NonFiniteError(
+                f"validation after epoch {state.epoch + 1}: {err}; training stopped"
+                + (f", {saved}" if saved else "")
+            ) from err
         val = scores["force_mae_meV_A"]
         self.phase = "closing"
         if val < state.best_val:
-            _model_io.save_model_atomic(self.model, self.paths[BEST])
+            self.save_model(BEST)
             state.best_val, state.best_epoch, state.bad_epochs = val, state.epoch + 1, 0
         else:
             state.bad_epochs += 1
@@ -367,14 +495,14 @@ class _Session:
         self.checkpoint()
         self.phase = "idle"
         write_history(self.paths[HISTORY], state.history)
-        _model_io.save_model_atomic(self.model, self.paths[LAST])
+        self.save_model(LAST)
         self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4g}", val=f"{val:.1f} meV/Å")
 
     def finish(self, stop_reason: str) -> TrainResult:
         paths, state = self.paths, self.state
-        _model_io.save_model_atomic(self.model, paths[LAST])
+        self.save_model(LAST)
         if not paths[BEST].exists():  # nothing validated yet: the current model stands in
-            _model_io.save_model_atomic(self.model, paths[BEST])
+            self.save_model(BEST)
         result = TrainResult(
             out_dir=self.out, best_path=paths[BEST], last_path=paths[LAST], history=history_frame(state.history),
             best_epoch=state.best_epoch, best_val_force_mae=state.best_val, epochs_completed=state.epoch,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..units import EV_TO_MEV
 from . import _model_io
 from ._common import BEST, TrainError, resolve_device, resolve_dtype
 from ._run_config import read_run_config
+from ._state import kept_note, writing
 
 
 def predict_forces(
@@ -38,11 +40,14 @@ def predict_forces(
     dtype: str | torch.dtype = torch.float32,
     progress: bool = False,
     desc: str = "predict",
+    check_finite: bool = True,
 ) -> dict[str, np.ndarray]:
     """Forces and energies of the frames ``indices`` (all when ``None``), in eval mode.
 
     Returns ``{"forces": (n, N, 3) float32 eV/Å, "energy": (n,) float64 eV}``.
     The model is moved to ``device``/``dtype`` and its train/eval mode restored.
+    ``check_finite``: raise :class:`TrainError` naming the frames (indices into
+    ``frames``) of the first batch whose predicted forces hold NaN or inf.
     """
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     idx = np.arange(frames.n_frames) if indices is None else np.atleast_1d(np.asarray(indices))
@@ -64,6 +69,14 @@ def predict_forces(
             forces[lo : lo + len(chunk)] = (
                 out["forces"].detach().reshape(len(chunk), frames.n_atoms, 3).cpu().numpy()
             )
+            if check_finite:
+                finite = np.isfinite(forces[lo : lo + len(chunk)]).reshape(len(chunk), -1).all(axis=1)
+                if not finite.all():
+                    bad = [int(i) for i in chunk[~finite]]
+                    raise TrainError(
+                        f"the model predicts non-finite forces (NaN or inf) for frame(s) {bad} "
+                        "(overlapping atoms in the frame, or a model with non-finite weights?)"
+                    )
             energy[lo : lo + len(chunk)] = out["energy"].detach().cpu().double().numpy()
     finally:
         model.train(was_training)
@@ -171,18 +184,23 @@ def predict_cache(
     )
     forces = {}
     for name, (run, config) in zip(branches, configs, strict=True):
-        model = _model_io.load_model(run / model_file, map_location=dev)
+        model = _load_run_model(run / model_file, dev, name)
         run_dtype = dtype if dtype is not None else config["request"].get("dtype", "float32")
-        pred = predict_forces(
-            model,
-            frames,
-            keep,
-            batch_size=batch_size,
-            device=dev,
-            dtype=run_dtype,
-            progress=progress,
-            desc=f"predict {config['branch']}",
-        )
+        try:
+            pred = predict_forces(
+                model,
+                frames,
+                keep,
+                batch_size=batch_size,
+                device=dev,
+                dtype=run_dtype,
+                progress=progress,
+                desc=f"predict {config['branch']}",
+            )
+        except TrainError as err:
+            raise TrainError(
+                f"run {run} (branch '{name}', {model_file}): {err}; no cache was written to {out_path}"
+            ) from err
         forces[name] = pred["forces"]
     meta = {
         "runs": [str(run.resolve()) for run, _ in configs],
@@ -212,7 +230,35 @@ def predict_cache(
         anchors=(branches[0], branches[min(1, len(branches) - 1)]),
         meta=meta,
     )
-    return cache.save(out_path)
+    with writing(Path(out_path), kept_note(Path(out_path))):
+        return cache.save(out_path)
+
+
+def _load_run_model(path: Path, device: torch.device, branch: str) -> torch.nn.Module:
+    """A run's model file, with one clear error for a missing, corrupt or foreign file."""
+    try:
+        return _model_io.load_model(path, map_location=device)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch.load, a crafted config, a state dict that does not fit
+        if isinstance(err, pickle.UnpicklingError):  # weights_only refused it: not plain tensors and values
+            problem = f"not a model file torch.load(weights_only=True) can read ({_load_problem(err)})"
+        else:
+            problem = f"{type(err).__name__}: {_load_problem(err)}"
+        raise TrainError(f"cannot load model file {path} (branch '{branch}'): {problem}") from err
+
+
+#: Lines of torch's weights-only refusal that say nothing about the file itself
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _load_problem(err: Exception) -> str:
+    """The informative part of a load error, on one line (torch's advice to load untrusted files
+    with ``weights_only=False`` is left out: a model file holds tensors and plain values only)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith(_TORCH_BOILERPLATE)]
+    text = " ".join(lines).replace("WeightsUnpickler error: ", "") or "unreadable"
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def cache_branch_names(branches: list[str]) -> list[str]:

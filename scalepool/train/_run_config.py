@@ -12,6 +12,7 @@ from typing import Any
 from .._files import write_json
 from ..provenance import git_commit, library_versions
 from ._common import CONFIG, TrainError
+from ._state import kept_note, writing
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -89,7 +90,8 @@ def write_run_config(
         "sessions": old.get("sessions", []) + [session],
         "result": old.get("result"),
     }
-    write_json(path, config, sort_keys=True)
+    with writing(path, kept_note(path)):
+        write_json(path, config, sort_keys=True)
 
 
 def record_result(path: Path, result) -> None:
@@ -104,4 +106,5 @@ def record_result(path: Path, result) -> None:
         else result.best_val_force_mae,
         "elapsed_s": result.elapsed_s,
     }
-    write_json(path, config, sort_keys=True)
+    with writing(path, kept_note(path)):
+        write_json(path, config, sort_keys=True)

@@ -19,8 +19,10 @@ has a duplicated or a missing epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def non_finite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers holding NaN or inf."""
+    return [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def check_finite_model(model: torch.nn.Module, path: Path) -> None:
+    """Refuse to write a model (or a checkpoint) whose weights are not all finite."""
+    bad = non_finite_tensors(model)
+    if bad:
+        listing = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise TrainError(
+            f"refusing to write {path}: the model's {listing} hold non-finite values (NaN or inf); "
+            "the file on disk is the last good one"
+        )
+
+
+def kept_note(path: Path, advice: str = "") -> str:
+    """What a failed atomic write of ``path`` left behind, for error messages."""
+    if path.exists():
+        note = f"the previous {path.name} is kept unchanged"
+        return f"{note} ({advice})" if advice else note
+    return f"no {path.name} was written"
+
+
+@contextlib.contextmanager
+def writing(path: Path, kept: str) -> Iterator[None]:
+    """Turn an OSError of a write to ``path`` (disk full, no permission) into a :class:`TrainError`
+    naming the file; ``kept`` says what is left as it was (the writes are atomic)."""
+    try:
+        yield
+    except OSError as err:
+        raise TrainError(f"cannot write {path}: {err.strerror or err}; {kept}") from err
+
+
 def save_checkpoint(
     path: Path,
     *,
@@ -92,20 +132,24 @@ def save_checkpoint(
     scheduler: Any,
     rng: dict[str, Any],
 ) -> None:
-    """Write the full training state atomically (temporary file, then ``os.replace``)."""
-    write_torch(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "request": canonical_json(request),
-            "dataset_checksum": dataset_checksum,
-            "progress": progress.as_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng,
-        },
-    )
+    """Write the full training state atomically (temporary file, then ``os.replace``).
+
+    A model with non-finite weights is refused and a failed write (disk full)
+    raises :class:`TrainError`; either way the previous checkpoint stays as it was.
+    """
+    check_finite_model(model, path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "request": canonical_json(request),
+        "dataset_checksum": dataset_checksum,
+        "progress": progress.as_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+    }
+    with writing(path, kept_note(path, "resume from it once the problem is fixed")):
+        write_torch(path, payload)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -146,4 +190,5 @@ def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite ``history.csv`` atomically from the rows kept in the checkpoint."""
-    write_text(path, history_frame(rows).to_csv(index=False, float_format="%.10g"))
+    with writing(path, kept_note(path)):
+        write_text(path, history_frame(rows).to_csv(index=False, float_format="%.10g"))

@@ -9,12 +9,16 @@ One test (or a few) per defect found by a hostile user:
 4. file modes and MDAnalysis' offset files beside the user's trajectory;
 5. a search on another cache reusing an optuna study;
 6. torn optuna journals, per-worker trial counts, no overshoot of --n-trials;
-7. a fuzz of ~200 corrupted datasets through FrameSet.load and ``scalepool data info``.
+7. a fuzz of ~200 corrupted datasets through FrameSet.load and ``scalepool data info``;
+8. training, prediction and the scale table: a run folder overwritten without a checkpoint, NaN
+   losses and predictions, caches of other experiments averaged as seeds, tracebacks for user
+   errors (unknown model option, ``--out`` naming a file, corrupt ``best.pt``, a full disk).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -31,10 +35,14 @@ from pathlib import Path
 import MDAnalysis as mda
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
+import torch
 from MDAnalysis.lib.formats.libmdaxdr import TRRFile
 from optuna.trial import TrialState
+from standins import FRACTIONS, PairModel, install_standin_io, make_frames, run, standin_load, standin_save
 
+import scalepool._files as files_module
 from scalepool import testing
 from scalepool.cli import main
 from scalepool.data import (
@@ -47,7 +55,7 @@ from scalepool.data import (
     read_frames,
     write_frames,
 )
-from scalepool.scales import synthetic_cache
+from scalepool.scales import scale_table, synthetic_cache
 from scalepool.search import (
     StorageWriteError,
     StudyDataMismatch,
@@ -58,6 +66,8 @@ from scalepool.search import (
 )
 from scalepool.search import _journal as journal_module  # the journal writer
 from scalepool.search import _storage as storage_module
+from scalepool.train import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, TrainError, predict_cache
+from scalepool.train import _state as train_state  # the checkpoint writer
 from scalepool.units import NM_TO_ANGSTROM
 
 REPO = Path(__file__).resolve().parents[2]
@@ -683,3 +693,459 @@ def test_fuzzed_datasets_load_or_fail_cleanly(tmp_path, capsys):
             outcomes["refused"] += 1
     assert listing(folder) == sorted(names)  # nothing written, no temporary files
     assert outcomes["loaded"] >= 10 and outcomes["refused"] >= 150, outcomes
+
+
+# ------------------------------------------------------------------ 8. train, predict, table
+# The small stand-in model of tests/standins.py keeps these fast; ``scalepool train`` builds it
+# through a patched ``scalepool.models.build_branch``.
+
+
+class Repulsive(PairModel):
+    """PairModel plus a 0.01 eV Å / r core: two atoms at one position give a non-finite energy and
+    forces, as the real branches' edge directions r_ij / |r_ij| do."""
+
+    def forward(self, batch, compute_forces: bool = True):
+        if self.training:
+            self.steps += 1
+        positions = batch.positions.detach().requires_grad_(True)
+        batch = dataclasses.replace(batch, positions=positions)
+        pairs, shifts = batch.neighbors(self.cutoff)
+        r = batch.edge_vectors(pairs, shifts).norm(dim=1)
+        kind = self.type_of[batch.numbers]
+        sym = 0.5 * (self.coupling + self.coupling.T) * self.gain
+        pair = (
+            (sym[kind[pairs[:, 0]], kind[pairs[:, 1]]] * torch.exp(-r / 0.8) + 0.01 / r)
+            * 0.5
+            * (torch.cos(math.pi * r / self.cutoff) + 1.0)
+        )
+        atomic = torch.zeros(batch.n_atoms, dtype=r.dtype).index_add(0, pairs[:, 0], 0.5 * pair)
+        atomic = atomic + self.species_shift[batch.numbers]
+        energy = torch.zeros(batch.n_frames, dtype=r.dtype).index_add(0, batch.frame_index, atomic)
+        (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=self.training)
+        return {"energy": energy, "atomic_energies": atomic, "forces": -grad}
+
+
+class Poisoned(PairModel):
+    """PairModel whose training forces turn NaN from training step ``poison_at`` on (a divergence)."""
+
+    poison_at: int | None = None
+
+    def forward(self, batch, compute_forces: bool = True):
+        out = super().forward(batch, compute_forces)
+        if self.training and self.poison_at is not None and self.steps >= self.poison_at:
+            out["forces"] = out["forces"] * float("nan")
+        return out
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """Training's model I/O and ``scalepool train``'s branch builder routed to the stand-in."""
+    install_standin_io(monkeypatch)
+    models = {"model": PairModel}
+    monkeypatch.setattr("scalepool.models.build_branch", lambda name, **kw: models["model"](**kw))
+    return models
+
+
+@pytest.fixture(scope="module")
+def pair_frames():
+    return make_frames()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pair_frames, tmp_path_factory):
+    """An uninterrupted stand-in run (3 epochs of 9 batches) to compare resumed runs with."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        install_standin_io(patch)
+        run(out, pair_frames)
+    return out
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def assert_same_history(a: Path, b: Path) -> None:
+    ha = pd.read_csv(a / HISTORY).drop(columns="elapsed_s").to_numpy(dtype=float)
+    hb = pd.read_csv(b / HISTORY).drop(columns="elapsed_s").to_numpy(dtype=float)
+    np.testing.assert_allclose(ha, hb, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(
+        standin_load(a / LAST).coupling.detach().numpy(),
+        standin_load(b / LAST).coupling.detach().numpy(),
+        rtol=1e-6,
+    )
+
+
+def train_argv(data: Path, out: Path, *extra) -> list:
+    """``scalepool train`` with the settings of ``standins.run`` (3 epochs of 9 batches)."""
+    return [
+        "train", "--branch", "short", "--data", data, "--out", out, "--epochs", "3", "--batch-size", "2",
+        "--lr", "0.05", "--split", ",".join(str(f) for f in FRACTIONS), "--checkpoint-every", "2",
+        "--seed", "3", "--patience", "1000", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def finite_checkpoint(path: Path) -> dict:
+    state = torch.load(path, weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    return state["progress"]
+
+
+# 8.1 a run folder without a checkpoint is never overwritten without --overwrite
+def test_train_refuses_a_folder_holding_a_run_without_its_checkpoint(tmp_path, capsys, standin, pair_frames):
+    out = tmp_path / "finished"
+    run(out, pair_frames, epochs=1)
+    (out / CHECKPOINT).unlink()  # a finished run whose checkpoint was removed
+    before = snapshot(out)
+    expected = rf"{re.escape(str(out))} already holds files of another run \(best\.pt, last\.pt, history\.csv, config\.json\)"
+    for kwargs in ({}, {"lr": 0.01}, {"resume": False}):  # same flags, other flags, --no-resume
+        with pytest.raises(TrainError, match=expected + r" and no checkpoint\.pt .*--overwrite"):
+            run(out, pair_frames, epochs=1, **kwargs)
+        assert snapshot(out) == before
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / BEST).write_bytes(b"someone else's model")
+    with pytest.raises(TrainError, match=r"stray already holds files of another run \(best\.pt\)"):
+        run(stray, pair_frames, epochs=1)
+    assert listing(stray) == [BEST] and (stray / BEST).read_bytes() == b"someone else's model"
+
+    data = pair_frames.save(tmp_path / "data.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random stand-in frames have a few close pairs
+        code, _, err = cli(train_argv(data, out, "--lr", "0.01"), capsys)
+        assert_clean_failure(code, err, str(out), "best.pt, last.pt, history.csv, config.json", "--overwrite")
+        assert snapshot(out) == before
+        code, stdout, err = cli(train_argv(data, out, "--lr", "0.01", "--overwrite"), capsys)
+    assert code == 0 and "completed after 3 epoch(s)" in stdout, err
+    config = json.loads((out / CONFIG).read_text())
+    assert config["request"]["lr"] == 0.01 and config["branch"] == "short" and len(config["sessions"]) == 1
+
+
+def test_train_overwrite_replaces_a_resumable_run_and_resume_still_works(tmp_path, standin, pair_frames):
+    out = tmp_path / "run"
+    run(out, pair_frames, epochs=1)
+    assert run(out, pair_frames, epochs=2).resumed  # same settings: resumed exactly as before
+    with pytest.raises(
+        TrainError, match="overwrite starts a new run; it cannot be combined with resume=True"
+    ):
+        run(out, pair_frames, epochs=1, overwrite=True, resume=True)
+    result = run(out, pair_frames, epochs=1, lr=0.01, overwrite=True)
+    assert not result.resumed and list(result.history["epoch"]) == [1]
+    config = json.loads((out / CONFIG).read_text())
+    assert config["request"]["lr"] == 0.01 and len(config["sessions"]) == 1
+    assert finite_checkpoint(out / CHECKPOINT)["epoch"] == 1
+
+
+def test_an_attempt_killed_before_its_first_checkpoint_starts_again(tmp_path, standin, pair_frames):
+    out = tmp_path / "run"
+    model = PairModel(seed=0)
+    model.interrupt_at = 1
+    with pytest.raises(KeyboardInterrupt):
+        run(out, pair_frames, model=model)
+    (out / CHECKPOINT).unlink()  # as if killed by SIGKILL before its first checkpoint
+    assert listing(out) == [CONFIG, HISTORY]
+    with pytest.raises(
+        TrainError, match=r"already holds files of another run \(history\.csv, config\.json\)"
+    ):
+        run(out, pair_frames, lr=0.01)  # another request is not this attempt
+    result = run(out, pair_frames)  # the same request starts again
+    assert not result.resumed and result.stop_reason == "completed"
+
+
+def test_train_out_naming_a_file_is_refused(tmp_path, capsys, standin, pair_frames):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    with pytest.raises(TrainError, match=r"notes\.txt is a file, not a folder"):
+        run(target, pair_frames, epochs=1)
+    data = pair_frames.save(tmp_path / "data.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, _, err = cli(train_argv(data, target), capsys)
+    assert_clean_failure(code, err, "notes.txt", "is a file, not a folder")
+    assert target.read_text() == "keep me" and listing(tmp_path) == ["data.npz", "notes.txt"]
+
+
+# 8.2 non-finite losses, gradients and predictions
+def test_overlapping_atoms_stop_training_naming_the_frame_and_epoch(tmp_path, capsys, standin, pair_frames):
+    positions = pair_frames.positions.copy()
+    positions[5, 1] = positions[5, 0]  # frame 5 (training block): atoms 0 and 1 at one position
+    bad = replace(pair_frames, positions=positions)
+    out = tmp_path / "run"
+    with pytest.raises(
+        TrainError,
+        match=r"non-finite training loss \((nan|inf)\) at epoch 1, batch \d+ \(dataset frames \[[\d, ]*\b5\b[\d, ]*\]\); "
+        r"frame\(s\) \[5\] give non-finite predicted forces or energies",
+    ):
+        run(out, bad, model=Repulsive(seed=0))
+    assert not (out / BEST).exists() and not (out / LAST).exists()  # no model was validated
+    if (out / CHECKPOINT).exists():  # the last good state, before the bad batch
+        assert finite_checkpoint(out / CHECKPOINT)["epoch"] == 0
+    assert json.loads((out / CONFIG).read_text())["result"] is None  # not "completed"
+    assert len(pd.read_csv(out / HISTORY)) == 0
+
+    # the command line refuses such a dataset when it loads it
+    data = bad.save(tmp_path / "bad.npz")
+    code, _, err = cli(train_argv(data, tmp_path / "cli"), capsys)
+    assert_clean_failure(code, err, "bad.npz", "frame 5: atoms 0 (H) and 1 (O) are 0 Å apart")
+    assert not (tmp_path / "cli").exists()
+
+
+def poisoned_at(step: int):
+    def build(**options):
+        model = Poisoned(**options)
+        model.poison_at = step
+        return model
+
+    return build
+
+
+def test_nan_mid_run_keeps_the_last_good_checkpoint_and_a_finite_best(
+    tmp_path, capsys, standin, pair_frames, uninterrupted
+):
+    out = tmp_path / "run"
+    model = Poisoned(seed=0)
+    model.poison_at = 12  # epoch 2, batch 3
+    with pytest.raises(
+        TrainError,
+        match=r"non-finite training loss \(nan\) at epoch 2, batch 3 \(dataset frames \[\d+, \d+\]\); "
+        r"frame\(s\) \[\d+, \d+\] give non-finite .* checkpoint\.pt keeps the last good state",
+    ):
+        run(out, pair_frames, model=model)
+    best = standin_load(out / BEST).coupling
+    assert torch.isfinite(best).all()
+    np.testing.assert_array_equal(best.detach().numpy(), standin_load(out / LAST).coupling.detach().numpy())
+    progress = finite_checkpoint(out / CHECKPOINT)
+    assert (progress["epoch"], progress["batch"]) == (1, 2)  # the last checkpoint before the NaN
+    assert len(pd.read_csv(out / HISTORY)) == 1 and json.loads((out / CONFIG).read_text())["result"] is None
+    result = run(out, pair_frames)  # resumed from the last good checkpoint: as if nothing happened
+    assert result.resumed and result.stop_reason == "completed"
+    assert_same_history(uninterrupted, out)
+
+    data = pair_frames.save(tmp_path / "data.npz")  # the same divergence on the command line
+    standin["model"] = poisoned_at(12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, stdout, err = cli(train_argv(data, tmp_path / "cli"), capsys)
+    assert_clean_failure(
+        code, err, "non-finite training loss (nan) at epoch 2, batch 3", "checkpoint.pt keeps"
+    )
+    assert "completed" not in stdout and torch.isfinite(standin_load(tmp_path / "cli" / BEST).coupling).all()
+
+    hooked = PairModel(seed=0)
+    hooked.coupling.register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(
+        TrainError,
+        match=r"non-finite gradient of coupling at epoch 1, batch 1 .*every frame.s prediction is finite: a diverging model",
+    ):
+        run(tmp_path / "grad", pair_frames, model=hooked)
+    assert not (tmp_path / "grad" / BEST).exists()
+
+
+def test_non_finite_validation_stops_training_naming_the_frame(tmp_path, standin, pair_frames):
+    positions = pair_frames.positions.copy()
+    positions[20, 3] = positions[20, 2]  # frame 20 lies in the validation block (18-23)
+    out = tmp_path / "run"
+    with pytest.raises(
+        TrainError,
+        match=r"validation after epoch 1: the model predicts non-finite forces \(NaN or inf\) for frame\(s\) \[20\]",
+    ):
+        run(out, replace(pair_frames, positions=positions), model=Repulsive(seed=0))
+    assert not (out / BEST).exists()
+    assert finite_checkpoint(out / CHECKPOINT)["epoch"] == 0
+
+
+def test_predict_with_a_non_finite_model_names_run_branch_and_frame(tmp_path, capsys, standin, pair_frames):
+    run_dir = tmp_path / "short"
+    run(run_dir, pair_frames, epochs=1, branch="short")
+    model = standin_load(run_dir / BEST)
+    with torch.no_grad():
+        model.coupling[0, 0] = float("nan")
+    standin_save(model, run_dir / BEST)
+    out = tmp_path / "pred.npz"
+    out.write_bytes(b"previous cache")
+    before = listing(tmp_path)
+    with pytest.raises(
+        TrainError,
+        match=rf"run {re.escape(str(run_dir))} \(branch 'short', best\.pt\): the model predicts non-finite "
+        r"forces \(NaN or inf\) for frame\(s\) \[0\] .*no cache was written",
+    ):
+        predict_cache([run_dir], pair_frames, out, progress=False)
+    data = pair_frames.save(tmp_path / "data.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, _, err = cli(
+            ["predict", "--run", run_dir, "--data", data, "--out", out, "--no-progress"], capsys
+        )
+    assert_clean_failure(code, err, str(run_dir), "branch 'short'", "frame(s) [0]", "no cache was written")
+    assert out.read_bytes() == b"previous cache" and listing(tmp_path) == sorted([*before, "data.npz"])
+
+
+# 8.3 the scale table averages only caches of one experiment
+def test_table_refuses_caches_of_other_datasets_splits_or_anchors(tmp_path, capsys):
+    base = synthetic_cache(n_frames=10, n_atoms=30, n_ions=2)
+    meta = {
+        **base.meta, "dataset_checksum": "a" * 64, "split_fractions": [0.6, 0.2, 0.2], "split_gap": 0,
+    }  # fmt: skip
+    first = dataclasses.replace(base, meta=meta)
+    variants = {
+        r"meta\['dataset_checksum'\]: aaaaaaaaaaaaaaaa\.\.\. vs bbbbbbbbbbbbbbbb\.\.\.": {
+            "meta": {**meta, "dataset_checksum": "b" * 64}
+        },
+        r"meta\['split_fractions'\]: \[0\.6, 0\.2, 0\.2\] vs \[0\.8, 0\.1, 0\.1\]": {
+            "meta": {**meta, "split_fractions": [0.8, 0.1, 0.1]}
+        },
+        r"meta\['split_gap'\]: 0 vs 2": {"meta": {**meta, "split_gap": 2}},
+        r"meta\['frame_index'\]: 10 frames \[0\.\.9\] vs 10 frames \[5\.\.14\]": {
+            "meta": {**meta, "frame_index": list(range(5, 15))}
+        },
+        r"anchors: \['short', 'long'\] vs \['long', 'short'\]": {"anchors": ("long", "short")},
+        r"meta\['dataset_checksum'\]: aaaaaaaaaaaaaaaa\.\.\. vs none recorded": {
+            "meta": {k: v for k, v in meta.items() if k != "dataset_checksum"}
+        },
+    }
+    for message, change in variants.items():
+        other = dataclasses.replace(first, **{"meta": dict(meta), **change})
+        with pytest.raises(
+            ValueError, match=r"cache 0 and cache 2 differ in " + message + r"; several caches"
+        ):
+            scale_table([first, first, other])
+    a = first.save(tmp_path / "a.npz")
+    b = dataclasses.replace(first, meta={**meta, "dataset_checksum": "b" * 64}).save(tmp_path / "b.npz")
+    code, out, err = cli(["table", "--pred", a, b, "--csv", tmp_path / "table.csv"], capsys)
+    assert_clean_failure(code, err, "cache 0 (", "a.npz", "cache 1 (", "b.npz", "dataset_checksum")
+    assert out == "" and listing(tmp_path) == ["a.npz", "b.npz"]
+
+
+# 8.4 user errors without a traceback
+def test_unknown_model_option_names_the_option(tmp_path, capsys, pair_frames):
+    data = pair_frames.save(tmp_path / "data.npz")
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, _, err = cli(train_argv(data, out, "--model-option", "n_featurs=8"), capsys)
+    assert_clean_failure(code, err, "--model-option", "short branch", "n_featurs=8", "'n_featurs'")
+    assert not out.exists()
+
+
+class _Crafted:
+    """A pickle that calls a function when loaded (harmless here): torch.load must refuse it."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "crafted", "not_a_dict", "wrong_shapes"])
+def test_corrupt_or_crafted_best_pt_fails_predict_cleanly(tmp_path, capsys, standin, pair_frames, kind):
+    run_dir = tmp_path / "short"
+    run(run_dir, pair_frames, epochs=1, branch="short")
+    best = run_dir / BEST
+    if kind == "garbage":
+        best.write_bytes(b"this is not a model")
+    elif kind == "truncated":
+        best.write_bytes(best.read_bytes()[:200])
+    elif kind == "crafted":
+        torch.save({"config": {"class": "PairModel"}, "state": _Crafted()}, best)
+    elif kind == "not_a_dict":
+        torch.save([1, 2, 3], best)
+    else:
+        model = PairModel()
+        state = {**model.state_dict(), "coupling": torch.zeros(2, 2)}
+        torch.save({"config": model.config, "state": state}, best)
+    out = tmp_path / "pred.npz"
+    data = pair_frames.save(tmp_path / "data.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, _, err = cli(
+            ["predict", "--run", run_dir, "--data", data, "--out", out, "--no-progress"], capsys
+        )
+    assert_clean_failure(code, err, f"cannot load model file {best} (branch 'short')")
+    assert "weights_only` set to `False`" not in err  # no advice to unpickle an untrusted file
+    if kind == "wrong_shapes":
+        assert "size mismatch for coupling" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _disk_full_after(monkeypatch, good_writes: int) -> list:
+    """Checkpoint writes after the first ``good_writes`` put half a file down, then fail with ENOSPC."""
+    real, calls = train_state.write_torch, []
+
+    def writer(path, obj):
+        calls.append(path)
+        if len(calls) <= good_writes:
+            return real(path, obj)
+
+        def half(handle):
+            handle.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return files_module.write_atomic(path, half)
+
+    monkeypatch.setattr(train_state, "write_torch", writer)
+    return calls
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(
+    tmp_path, capsys, monkeypatch, standin, pair_frames, uninterrupted
+):
+    out = tmp_path / "run"
+    _disk_full_after(monkeypatch, good_writes=6)  # batches 2, 4, 6, 8, end of epoch 1, batch 2
+    with pytest.raises(
+        TrainError,
+        match=rf"cannot write {re.escape(str(out / CHECKPOINT))}: No space left on device; "
+        r"the previous checkpoint\.pt is kept unchanged",
+    ):
+        run(out, pair_frames)
+    assert (finite_checkpoint(out / CHECKPOINT)["epoch"], finite_checkpoint(out / CHECKPOINT)["batch"]) == (
+        1,
+        2,
+    )
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written file left
+    monkeypatch.setattr(train_state, "write_torch", files_module.write_torch)
+    result = run(out, pair_frames)  # space freed: the run goes on from its last checkpoint
+    assert result.resumed and result.stop_reason == "completed"
+    assert_same_history(uninterrupted, out)
+
+    data = pair_frames.save(tmp_path / "data.npz")
+    cli_out = tmp_path / "cli"
+    _disk_full_after(monkeypatch, good_writes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, _, err = cli(train_argv(data, cli_out), capsys)
+        assert_clean_failure(
+            code, err, str(cli_out / CHECKPOINT), "No space left on device", "kept unchanged"
+        )
+        assert finite_checkpoint(cli_out / CHECKPOINT)["batch"] == 4
+        monkeypatch.setattr(train_state, "write_torch", files_module.write_torch)
+        code, stdout, err = cli(train_argv(data, cli_out), capsys)  # the same command resumes
+    assert code == 0 and "completed after 3 epoch(s)" in stdout, err
+
+
+def test_a_file_where_the_table_history_folder_goes_is_a_clean_error(tmp_path, capsys):
+    """OSErrors that describe the user's files (here EEXIST) end with exit code 2, naming the path."""
+    cache = synthetic_cache(n_frames=10, n_atoms=30, n_ions=2).save(tmp_path / "a.npz")
+    history = tmp_path / "history"
+    history.write_text("not a folder")
+    code, _, err = cli(["table", "--pred", cache, "--router-steps", "5", "--history", history], capsys)
+    assert_clean_failure(code, err, "scalepool table: error: File exists", str(history))
+    assert history.read_text() == "not a folder"
+
+
+def test_a_diverging_trial_is_pruned_not_the_search_stopped(tmp_path, monkeypatch):
+    """A model search trial whose training goes non-finite is pruned; the search goes on."""
+    import optuna
+
+    from scalepool.search import ModelSearch
+    from scalepool.train import NonFiniteError
+
+    calls = []
+
+    def diverging_train(*args, **kwargs):
+        calls.append(1)
+        raise NonFiniteError("non-finite training loss (nan) at epoch 1, batch 1 (dataset frames [0])")
+
+    monkeypatch.setattr("scalepool.train.train", diverging_train)
+    search = ModelSearch(None, "short", tmp_path, space={}, epochs=2, build=lambda branch, **params: None)
+    study = optuna.create_study()
+    with pytest.raises(optuna.TrialPruned, match="diverged: non-finite training loss"):
+        search(study.ask())
+    assert calls
