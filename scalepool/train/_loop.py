@@ -31,7 +31,6 @@ nothing else: validation runs after every epoch, whatever the clock says.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -47,7 +46,7 @@ from ..models import AtomsBatch, branch_name
 from . import _model_io
 from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, NonFiniteError, TrainError, resolve_device
 from ._predict import evaluate_forces
-from ._run_config import record_result, write_run_config
+from ._run_config import is_own_attempt, record_result, write_run_config
 from ._settings import TrainSettings, epoch_batches, steps_per_epoch
 from ._state import (
     Progress,
@@ -56,6 +55,7 @@ from ._state import (
     history_frame,
     kept_note,
     load_checkpoint,
+    non_finite_error,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -254,7 +254,7 @@ class _Session:
             check_resumable(saved, self.request, self.checksum, paths[CHECKPOINT])
         else:
             found = [name for name in RUN_FILES if paths[name].exists()]
-            if found and not overwrite and not self.own_attempt():
+            if found and not overwrite and not is_own_attempt(paths, self.request, self.checksum):
                 raise TrainError(
                     f"{self.out} already holds files of another run ({', '.join(found)}) and no "
                     f"{CHECKPOINT} to resume from; refusing to overwrite them: use a new folder, or pass "
@@ -292,26 +292,6 @@ class _Session:
         self.base_elapsed = self.state.elapsed_s
         self.deadline = None if s.max_minutes is None else self.start_time + 60.0 * s.max_minutes
 
-    def own_attempt(self) -> bool:
-        """Whether the run files without a checkpoint are those of this very request killed before
-        its first checkpoint: no epoch in ``history.csv`` and, when ``config.json`` was written, the
-        same request and dataset and no result.  Such an attempt is started again; anything else
-        is another run."""
-        try:
-            history = self.paths[HISTORY]
-            epochs_done = len(history.read_text().splitlines()) - 1 if history.exists() else 0
-            if not self.paths[CONFIG].exists():  # killed between history.csv and config.json
-                return epochs_done <= 0 and not self.paths[BEST].exists() and not self.paths[LAST].exists()
-            config = json.loads(self.paths[CONFIG].read_text())
-            return (
-                config.get("request") == canonical_json(self.request)
-                and config["dataset"]["checksum"] == self.checksum
-                and config.get("result") is None
-                and epochs_done <= 0
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-
     def save_model(self, name: str) -> None:
         """``best.pt`` or ``last.pt``, only ever with finite weights, atomically."""
         path = self.paths[name]
@@ -320,41 +300,8 @@ class _Session:
             _model_io.save_model_atomic(self.model, path)
 
     def non_finite(self, what: str, frames, out=None) -> NonFiniteError:
-        """The error of a non-finite training loss or gradient: epoch, batch and frames, and what
-        is left on disk (nothing of this batch was applied or written)."""
-        state = self.state
-        frames = [int(f) for f in frames]
-        detail = ""
-        if out is not None:
-            forces = out["forces"].detach().reshape(len(frames), -1, 3)
-            finite = torch.isfinite(forces).flatten(1).all(1)
-            if self.use_energy:
-                finite &= torch.isfinite(out["energy"].detach().reshape(-1))
-            culprits = [f for f, ok in zip(frames, finite.cpu().tolist(), strict=True) if not ok]
-            diverged = "a diverging model (lower --lr or set --max-grad-norm)"
-            if not culprits:
-                detail = f"; every frame's prediction is finite: {diverged}"
-            elif len(culprits) < len(frames):
-                detail = (
-                    f"; frame(s) {culprits} give non-finite predicted forces or energies "
-                    "(overlapping atoms? check the frames' positions)"
-                )
-            else:
-                detail = (
-                    f"; frame(s) {culprits} give non-finite predicted forces or energies "
-                    f"(overlapping atoms in them, or {diverged})"
-                )
-        saved = [
-            f"{CHECKPOINT} keeps the last good state"
-            if self.paths[CHECKPOINT].exists()
-            else f"no {CHECKPOINT} was written"
-        ]
-        if self.paths[BEST].exists():
-            saved.append(f"{BEST} is unchanged")
-        return NonFiniteError(
-            f"{what} at epoch {state.epoch + 1}, batch {state.batch + 1} (dataset frames {frames}){detail}; "
-            f"training stopped: {' and '.join(saved)}"
-        )
+        """The error of a non-finite loss or gradient at the current epoch and batch."""
+        return non_finite_error(what, frames, out, self.state, self.use_energy, self.paths)
 
     def elapsed(self) -> float:
         return self.base_elapsed + time.perf_counter() - self.start_time

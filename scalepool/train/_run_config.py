@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._files import write_json
+from .._files import canonical_json, write_json
 from ..provenance import git_commit, library_versions
-from ._common import CONFIG, TrainError
+from ._common import BEST, CONFIG, HISTORY, LAST, TrainError
 from ._state import kept_note, writing
 
 
@@ -108,3 +108,27 @@ def record_result(path: Path, result) -> None:
     }
     with writing(path, kept_note(path)):
         write_json(path, config, sort_keys=True)
+
+
+def is_own_attempt(paths: dict, request: dict, checksum: str) -> bool:
+    """Whether run files without a checkpoint are those of this very request killed before its
+    first checkpoint: no epoch in ``history.csv`` and, when ``config.json`` was written, the
+    same request and dataset and no result.  Such an attempt is started again; anything else
+    is another run, which training refuses to overwrite.
+
+    paths : ``{file name: path}`` of the run folder (``HISTORY``, ``CONFIG``, ``BEST``, ``LAST``)
+    """
+    try:
+        history = paths[HISTORY]
+        epochs_done = len(history.read_text().splitlines()) - 1 if history.exists() else 0
+        if not paths[CONFIG].exists():  # killed between history.csv and config.json
+            return epochs_done <= 0 and not paths[BEST].exists() and not paths[LAST].exists()
+        config = json.loads(paths[CONFIG].read_text())
+        return (
+            config.get("request") == canonical_json(request)
+            and config["dataset"]["checksum"] == checksum
+            and config.get("result") is None
+            and epochs_done <= 0
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .._files import canonical_json, write_text, write_torch
-from ._common import TrainError
+from ._common import BEST, CHECKPOINT, NonFiniteError, TrainError
 
 CHECKPOINT_FORMAT = "scalepool-train-checkpoint/1"
 
@@ -192,3 +192,41 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite ``history.csv`` atomically from the rows kept in the checkpoint."""
     with writing(path, kept_note(path)):
         write_text(path, history_frame(rows).to_csv(index=False, float_format="%.10g"))
+
+
+def non_finite_error(what: str, frames, out, progress, use_energy: bool, paths: dict) -> NonFiniteError:
+    """The error of a non-finite training loss or gradient: epoch, batch and frames, which frames
+    predict non-finite forces (``out``, the batch's model output, when there is one) and what is
+    left on disk (nothing of this batch was applied or written)."""
+    frames = [int(f) for f in frames]
+    detail = ""
+    if out is not None:
+        forces = out["forces"].detach().reshape(len(frames), -1, 3)
+        finite = torch.isfinite(forces).flatten(1).all(1)
+        if use_energy:
+            finite &= torch.isfinite(out["energy"].detach().reshape(-1))
+        culprits = [f for f, ok in zip(frames, finite.cpu().tolist(), strict=True) if not ok]
+        diverged = "a diverging model (lower --lr or set --max-grad-norm)"
+        if not culprits:
+            detail = f"; every frame's prediction is finite: {diverged}"
+        elif len(culprits) < len(frames):
+            detail = (
+                f"; frame(s) {culprits} give non-finite predicted forces or energies "
+                "(overlapping atoms? check the frames' positions)"
+            )
+        else:
+            detail = (
+                f"; frame(s) {culprits} give non-finite predicted forces or energies "
+                f"(overlapping atoms in them, or {diverged})"
+            )
+    saved = [
+        f"{CHECKPOINT} keeps the last good state"
+        if paths[CHECKPOINT].exists()
+        else f"no {CHECKPOINT} was written"
+    ]
+    if paths[BEST].exists():
+        saved.append(f"{BEST} is unchanged")
+    return NonFiniteError(
+        f"{what} at epoch {progress.epoch + 1}, batch {progress.batch + 1} (dataset frames {frames}){detail}; "
+        f"training stopped: {' and '.join(saved)}"
+    )
