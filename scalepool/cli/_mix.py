@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..train import SPLITS
 from ._train import _setup  # device check, allocator, threads: as for train and predict
-
-SPLITS = ("train", "val", "test", "all")
 
 
 def register(commands) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from .._files import write_json
 from ..scales import add_scale_arguments
 
 
@@ -91,6 +91,6 @@ def _table(args: argparse.Namespace) -> int:
                 "best_global_s": detail["best_global_s"],
                 "timings_s": detail["timings_s"],
             }
-            (args.history / f"{path.stem}.summary.json").write_text(json.dumps(summary, indent=1))
+            write_json(args.history / f"{path.stem}.summary.json", summary)
             print(f"wrote {out}")
     return 0

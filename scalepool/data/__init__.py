@@ -15,7 +15,7 @@ from ._frameset import DatasetError, FrameSet, NotAFileError, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
 from ._nacl_checkpoint import CheckpointInUse
 from ._prediction_cache import PredictionCache, PredictionCacheError, split_code
-from ._rdf import contact_ion_mask, first_minimum, radial_distribution
+from ._rdf import contact_ion_mask, first_minimum, nearest_ion_distance_frames, radial_distribution
 from ._sanity import (
     MIN_CELL_HEIGHT,
     Finding,
@@ -64,6 +64,7 @@ __all__ = [
     "minimum_image_vectors",
     "nearest_counterion_distance",
     "nearest_ion_distance",
+    "nearest_ion_distance_frames",
     "openmm_force_function",
     "openmm_reference_forces",
     "physics_findings",

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._files import write_atomic, write_json, write_npz
+from .._files import canonical_json, write_atomic, write_json, write_npz
 from . import _keys as K
 
 try:  # POSIX only; without it two runs on one folder are not detected
@@ -75,14 +75,6 @@ class CheckpointInUse(RuntimeError):
     """Another running generation holds the checkpoint folder."""
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    write_json(path, obj, sort_keys=True)
-
-
-def _json_roundtrip(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, sort_keys=True))
-
-
 class NaclCheckpoint:
     """One checkpoint folder; use as a context manager (holds the folder's lock).
 
@@ -92,7 +84,7 @@ class NaclCheckpoint:
 
     def __init__(self, folder: str | os.PathLike, identity: dict[str, Any], *, restart: bool = False):
         self.folder = Path(folder)
-        self.identity = _json_roundtrip({"format": FORMAT, **identity})
+        self.identity = canonical_json({"format": FORMAT, **identity})
         self.restart = restart
         self._lock = None
 
@@ -139,7 +131,7 @@ class NaclCheckpoint:
     def _check_parameters(self) -> None:
         path = self.folder / PARAMETERS
         if not path.exists() or not (self.folder / PROGRESS).exists():
-            _write_json(path, self.identity)  # nothing committed yet: nothing to resume
+            write_json(path, self.identity, sort_keys=True)  # nothing committed yet: nothing to resume
             return
         try:
             stored = json.loads(path.read_text())
@@ -227,7 +219,7 @@ class NaclCheckpoint:
         state_name = f"state_{frames_done:06d}.chk"
         write_atomic(self.folder / state_name, state)
         committed = {**progress, "frames_done": frames_done, "chunks": chunks, "state": state_name}
-        _write_json(self.folder / PROGRESS, committed)
+        write_json(self.folder / PROGRESS, committed, sort_keys=True)
         if previous and previous["state"] != state_name:
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / previous["state"]).unlink()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._descriptors import minimum_image_distances
+from ._descriptors import minimum_image_distances, nearest_ion_distance
 from ._frameset import FrameSet
 
 
@@ -35,9 +35,13 @@ def radial_distribution(
     density = 0.0
     for f in range(frames.n_frames):
         cell = frames.cell[f]
-        heights = abs(np.linalg.det(cell)) / np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        heights = abs(np.linalg.det(cell)) / np.linalg.norm(
+            np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1
+        )
         if r_max > heights.min() / 2:
-            raise ValueError(f"r_max {r_max} Å exceeds half the smallest cell height {heights.min() / 2:.2f} Å")
+            raise ValueError(
+                f"r_max {r_max} Å exceeds half the smallest cell height {heights.min() / 2:.2f} Å"
+            )
         d = minimum_image_distances(frames.positions[f, a], frames.positions[f, b], cell)
         if species_a == species_b:
             d = d[~np.eye(len(a), dtype=bool)]
@@ -82,3 +86,17 @@ def contact_ion_mask(positions, numbers, cell, distance: float) -> np.ndarray:
         d, ions = nearest_counterion_distance(positions[f], numbers, None if cell is None else cell[f])
         out[f, ions] = d <= distance
     return out
+
+
+def nearest_ion_distance_frames(
+    positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray | None
+) -> np.ndarray:
+    """``(F, N)`` distance of every atom to its nearest other ion, Å, frame by frame with
+    :func:`nearest_ion_distance` (exact minimum image for any cell); ``inf`` where there is
+    no other ion.  positions : (F, N, 3) Å; numbers : (N,); cell : (F, 3, 3) Å rows or None."""
+    return np.stack(
+        [
+            np.asarray(nearest_ion_distance(positions[f], numbers, None if cell is None else cell[f]))
+            for f in range(len(positions))
+        ]
+    ).astype(np.float64)

@@ -25,7 +25,7 @@ import dataclasses
 
 import numpy as np
 
-from ..data import contact_ion_mask, nearest_ion_distance
+from ..data import contact_ion_mask, nearest_ion_distance_frames
 from ..units import CLOSE_CONTACT_CUTOFF, CONTACT_PAIR_DISTANCE, EV_TO_MEV, ION_NUMBERS
 
 #: MAE columns of :func:`subset_errors`, in table order.
@@ -54,12 +54,7 @@ class Subsets:
         """positions : (F, N, 3) Å; numbers : (N,); cell : (F, 3, 3) Å rows or ``None``."""
         positions = np.asarray(positions, dtype=np.float64)
         n_frames = len(positions)
-        nearest = np.stack(
-            [
-                nearest_ion_distance(positions[f], numbers, None if cell is None else cell[f])
-                for f in range(n_frames)
-            ]
-        ).reshape(n_frames, -1)
+        nearest = nearest_ion_distance_frames(positions, numbers, cell).reshape(n_frames, -1)
         contact = contact_ion_mask(positions, numbers, cell, contact_distance)
         ions = np.broadcast_to(np.isin(numbers, ION_NUMBERS)[None, :], contact.shape)
         frames = np.broadcast_to(contact.any(axis=1, keepdims=True), contact.shape)

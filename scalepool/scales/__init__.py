@@ -19,7 +19,7 @@ from ._generator import (
     broadcast_scales,
     interpolate,
 )
-from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion, nearest_ion_distance_frames
+from ._geometry import atom_ion_distances, ion_counts, ion_mask, nearest_ion
 from ._mixed_fit import (
     MixedFitResult,
     cache_router_features,
@@ -112,7 +112,6 @@ __all__ = [
     "ion_counts",
     "ion_mask",
     "nearest_ion",
-    "nearest_ion_distance_frames",
     "optimal_scale",
     "optimal_scale_mae",
     "optimal_scale_mse",

@@ -23,13 +23,8 @@ from .._files import write_json
 from ..data import FrameSet, PredictionCache
 from ..models import MixedForceModel, load_model, save_model
 from ..provenance import git_commit, library_versions
-from ..train import BEST, read_run_config
+from ..train import BEST, read_run_config, record_path
 from ._mixed_fit import fit_mixed_model, fit_router
-
-
-def record_path(model_path: str | os.PathLike) -> Path:
-    """``mixed.pt`` -> ``mixed.pt.json``: the fit record beside a model file."""
-    return Path(str(model_path) + ".json")
 
 
 def pair_runs(cache: PredictionCache, pair: tuple[str, str], runs=None, pred="the cache") -> list[Path]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import minimum_image_distances, nearest_ion_distance
+from ..data import minimum_image_distances
 from ..units import ION_NUMBERS
 
 
@@ -97,18 +97,3 @@ def ion_counts(distances: np.ndarray, radii: tuple[float, ...], exclude_zero: bo
     """
     valid = distances > 0 if exclude_zero else np.ones_like(distances, dtype=bool)
     return np.stack([((distances < r) & valid).sum(axis=-1) for r in radii], axis=-1).astype(np.float64)
-
-
-def nearest_ion_distance_frames(positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray | None) -> np.ndarray:
-    """Close-contact descriptor: ``(F, N)`` distance to the nearest other ion, Å.
-
-    Delegates frame by frame to :func:`scalepool.data.nearest_ion_distance`
-    (exact minimum image for any cell), so that close contact has one
-    definition in the whole toolkit; ``inf`` where there is no other ion.
-    """
-    return np.stack(
-        [
-            np.asarray(nearest_ion_distance(positions[f], numbers, None if cell is None else cell[f]))
-            for f in range(len(positions))
-        ]
-    ).astype(np.float64)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._files import write_npz
 from ..data import FrameSet, openmm_force_function
 from ..md import (
     MASSES,
@@ -168,7 +169,7 @@ def run(
     data, runs = Path(data), [Path(p) for p in runs]
     results = ResultsDir(out, NAME, parameters(runs, frame, n_atoms, step, platform, device), inputs=[data])
     summary, arrays = compute(data, runs, frame, n_atoms, step, platform, device)
-    np.savez_compressed(results.file("hessian.npz"), **arrays)
+    write_npz(results.file("hessian.npz"), arrays)
     results.json("hessian.json", summary)
     results.finish(status="complete")
     return results.path, summary

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._files import write_text
 from ..metrics import element_symbol
 from ..scales import (
     EXCESS,
@@ -114,7 +115,7 @@ def run(
     )
     results.csv("table.csv", table)
     text = format_table(table)
-    (results.file("table.txt")).write_text(text + "\n")
+    write_text(results.file("table.txt"), text + "\n")
     results.csv("gains.csv", gains(table))
     for label, detail in zip(labels, details, strict=True):
         detail["history"].save(results.file(f"refinement_{label}.json"))

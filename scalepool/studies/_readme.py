@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
-from .._files import write_json, write_text
+from .._files import write_atomic, write_json, write_text
 from ..provenance import file_sha256, git_commit, utc_now
 
 #: run-folder path -> name under ``results/quick/``
@@ -54,9 +53,7 @@ def export_results(run: str | os.PathLike, dest: str | os.PathLike) -> list[str]
     for source, name in EXPORTED.items():
         target = dest / name
         if (run / source).exists():
-            tmp = target.with_name(f".{name}.part")
-            shutil.copyfile(run / source, tmp)
-            os.replace(tmp, target)
+            write_atomic(target, (run / source).read_bytes())
             written.append(name)
         else:
             target.unlink(missing_ok=True)

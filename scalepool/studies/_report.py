@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._files import write_text
 from ..provenance import git_commit, library_versions, read_provenance, utc_now
 from ..scales import NULL_PREFIX, format_table
 from ..units import CONTACT_PAIR_DISTANCE
@@ -370,5 +371,5 @@ def write_report(
     for stage, info in timings.items():
         lines.append(f"| {stage} | {info['elapsed_s']:.0f} | {'ran' if info['ran'] else 'reused'} |")
     lines += ["", f"Wall time of this invocation: {total_s:.0f} s.", ""]
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path

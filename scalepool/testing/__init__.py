@@ -7,6 +7,7 @@ tolerance; model tests are short lists of them.  ``random_frames`` and
 
 from ._properties import (
     ALL_PROPERTIES,
+    CONTINUITY_STEP,
     TOLERANCES,
     assert_batch_consistency,
     assert_cutoff_continuity,
@@ -17,6 +18,7 @@ from ._properties import (
     assert_translation_invariance,
     evaluate,
     frames_of,
+    model_cutoffs,
     random_rotation,
     replace,
     tolerance,
@@ -26,14 +28,16 @@ from ._systems import WATER_DENSITY, random_frames, water_box
 
 def __getattr__(name: str):
     # the pytest suite is loaded on demand: importing scalepool.testing needs no pytest
-    if name in ("ForceModelTests", "model_cutoffs"):
+    if name == "ForceModelTests":
         from . import _suite
 
         return getattr(_suite, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "ALL_PROPERTIES",
+    "CONTINUITY_STEP",
     "ForceModelTests",
     "TOLERANCES",
     "WATER_DENSITY",

@@ -25,6 +25,7 @@ from .. import units
 from ..md import model_hessian
 from ..models import AtomsBatch
 from ._properties import (
+    CONTINUITY_STEP,
     assert_batch_consistency,
     assert_cutoff_continuity,
     assert_finite_difference_forces,
@@ -34,22 +35,9 @@ from ._properties import (
     assert_translation_invariance,
     evaluate,
     frames_of,
+    model_cutoffs,
 )
 from ._systems import random_frames
-
-#: Å: a pair moved by +-1e-11 Å changes a smooth energy by ~1e-11 eV per eV/Å of force,
-#: far below the float64 tolerance, while a jump at a cutoff does not shrink with the step.
-CONTINUITY_STEP = 1e-11
-
-
-def model_cutoffs(model) -> dict[str, float]:
-    """Every pair cutoff of a model, Å: the backbone's and, with an electrostatics head,
-    its real-space cutoff."""
-    cutoffs = {"backbone": float(model.cutoff)}
-    head = getattr(model, "electrostatics", None)
-    if head is not None and getattr(head, "real_space_cutoff", None):
-        cutoffs["real_space"] = float(head.real_space_cutoff)
-    return cutoffs
 
 
 class ForceModelTests:

@@ -11,7 +11,7 @@ from ._common import (
     resolve_device,
     resolve_dtype,
 )
-from ._evaluate import SPLITS, evaluate_model, recorded_split
+from ._evaluate import SPLITS, evaluate_model, record_path, recorded_split
 from ._loop import TrainResult, train
 from ._predict import evaluate_forces, predict_cache, predict_forces
 from ._run_config import read_run_config
@@ -24,6 +24,7 @@ __all__ = [
     "settings_from_args",
     "SPLITS",
     "evaluate_model",
+    "record_path",
     "recorded_split",
     "BEST",
     "CHECKPOINT",

@@ -24,10 +24,15 @@ from ._run_config import read_run_config
 SPLITS = ("train", "val", "test", "all")
 
 
+def record_path(model_path: str | os.PathLike) -> Path:
+    """``mixed.pt`` -> ``mixed.pt.json``: the fit record beside a model file."""
+    return Path(str(model_path) + ".json")
+
+
 def recorded_split(model_path: str | os.PathLike) -> tuple[tuple[float, ...], int, str | None, str] | None:
     """``(fractions, gap, dataset checksum, source)`` recorded with a model file, or None."""
     model_path = Path(model_path)
-    record = Path(str(model_path) + ".json")
+    record = record_path(model_path)
     if record.exists():
         data = json.loads(record.read_text())
         if "split_fractions" in data:

@@ -27,20 +27,6 @@ MODELS = {
     "schnet": lambda: SchNet(cutoff=5.0, **SMALL),
 }
 EXACT = ["short", "long", "long_fixed", "schnet"]
-#: A pair moved by +-1e-11 Å changes a smooth energy by ~1e-11 eV per eV/Å of
-#: force, far below the float64 atol (1e-9); a jump at a cutoff does not shrink
-#: with the step (the old hard 6 Å real-space cutoff: 4e-5 eV, 1.3e-4 eV/Å).
-CONTINUITY_STEP = 1e-11  # Å
-
-
-def cutoffs_of(model) -> dict[str, float]:
-    """Every cutoff of a model, Å: the backbone's and the real-space electrostatics one."""
-    cutoffs = {"backbone": model.cutoff}
-    if hasattr(model, "electrostatics"):
-        cutoffs["real_space"] = model.electrostatics.real_space_cutoff
-    return cutoffs
-
-
 def ion_pair(batch) -> tuple[int, int]:
     """Indices of the first Na and the first Cl of the first frame."""
     numbers = batch.numbers[batch.frame_index == 0].tolist()
@@ -86,9 +72,9 @@ def test_forces_match_finite_differences(name, frames):
 def test_energy_and_forces_continuous_at_every_cutoff(name, frames, tolerances):
     model, batch = model_of(name), batch_of(frames, torch.float64)
     i, j = ion_pair(batch)
-    for cutoff in cutoffs_of(model).values():
+    for cutoff in T.model_cutoffs(model).values():
         T.assert_cutoff_continuity(
-            model, batch, cutoff, i, j, delta=CONTINUITY_STEP, atol=tolerances[torch.float64]["atol"]
+            model, batch, cutoff, i, j, delta=T.CONTINUITY_STEP, atol=tolerances[torch.float64]["atol"]
         )
 
 
@@ -103,7 +89,7 @@ def test_default_long_branch_continuous_at_each_cutoff(kind, charges, frames, to
     assert model.electrostatics.switch_width > 0  # the real-space term is switched, not cut
     i, j = ion_pair(batch)
     atol = tolerances[torch.float64]["atol"]
-    T.assert_cutoff_continuity(model, batch, cutoffs_of(model)[kind], i, j, delta=CONTINUITY_STEP, atol=atol)
+    T.assert_cutoff_continuity(model, batch, T.model_cutoffs(model)[kind], i, j, delta=T.CONTINUITY_STEP, atol=atol)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from scalepool.data import PredictionCache, PredictionCacheError
+from scalepool.data import PredictionCache, PredictionCacheError, nearest_ion_distance_frames
 from scalepool.data import keys as K
 from scalepool.scales import (
     CachedGenerator,
@@ -15,7 +15,6 @@ from scalepool.scales import (
     RoutingProblem,
     interpolate,
     nearest_ion,
-    nearest_ion_distance_frames,
     synthetic_cache,
 )
 
