@@ -4,6 +4,9 @@ Compares, for ~1,500 and ~2,000 atoms in a cubic and a triclinic box of equal
 volume, at 5 and 6 Å:
 
 - ``scalepool.neighbors.neighbor_pairs`` (vesin), full and half lists;
+- what ``AtomsBatch.neighbors`` paid per call before (positions copied to the
+  host, numpy vesin, pairs copied back to ``--device``) and pays now
+  (``torch_batched_neighbor_pairs``: vesin-torch on ``--device``, no copy);
 - the same pairs and shifts followed by ``pair_vectors`` in torch, forward and
   backward (sum of distances, float32), i.e. what a model pays per step;
 - MDAnalysis ``FastNS`` self-search (float32, minimum image, pairs once);
@@ -15,7 +18,7 @@ Positions are uniformly random (water density, 0.1003 atoms/Å^3), so pair
 counts match a liquid on average.  Each entry is the median (and minimum) wall
 time of ``--repeats`` calls after one warm-up call.
 
-Usage: ``python benchmarks/neighbors.py --repeats 7 [--csv results.csv]``
+Usage: ``python benchmarks/neighbors.py --repeats 7 [--device cuda] [--only-lists] [--csv results.csv]``
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ from scalepool.data import (  # noqa: E402
     frameset_descriptors,
     nearest_ion_distance,
 )
-from scalepool.neighbors import neighbor_pairs, pair_vectors  # noqa: E402
+from scalepool.neighbors import (  # noqa: E402
+    batched_neighbor_pairs,
+    neighbor_pairs,
+    pair_vectors,
+    torch_batched_neighbor_pairs,
+)
 from scalepool.units import CHLORINE, HYDROGEN, OXYGEN, SODIUM  # noqa: E402
 
 #: Atoms per Å^3 in liquid water at 1 g/cm^3 (33.4 molecules per nm^3).
@@ -88,6 +96,32 @@ def torch_forward_backward(positions, cell, cutoff):
     return len(pairs)
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def host_round_trip_pairs(positions: torch.Tensor, cell: torch.Tensor, frame_index: torch.Tensor, cutoff):
+    """The former ``AtomsBatch.neighbors``: copy to the host, numpy vesin, copy the pairs back."""
+    pairs, shifts = batched_neighbor_pairs(
+        positions.detach().cpu().double().numpy(),
+        cutoff,
+        cell.detach().cpu().double().numpy(),
+        frame_index.cpu().numpy(),
+    )
+    pairs = torch.as_tensor(pairs, device=positions.device)
+    shifts = torch.as_tensor(shifts, device=positions.device)
+    synchronize(positions.device)
+    return len(pairs)
+
+
+def on_device_pairs(positions: torch.Tensor, cell: torch.Tensor, frame_index: torch.Tensor, cutoff):
+    """``AtomsBatch.neighbors`` now: vesin-torch on the positions' device."""
+    pairs, _ = torch_batched_neighbor_pairs(positions, cutoff, cell, frame_index, n_frames=1)
+    synchronize(positions.device)
+    return pairs.shape[0]
+
+
 def fastns(positions, dims, cutoff):
     search = FastNS(cutoff, positions.astype(np.float32), box=dims, pbc=True).self_search()
     return len(search.get_pairs())
@@ -119,7 +153,29 @@ def run(args) -> list[dict]:
             positions, numbers, cell, dims = make_system(n_atoms, kind, rng)
             n_ions = int(np.isin(numbers, (SODIUM, CHLORINE)).sum())
             cases = []  # (cutoff, method, repeats, function returning a pair count, calls per timing)
+            device = torch.device(args.device)
+            x = torch.tensor(positions, dtype=torch.float32, device=device)
+            h = torch.tensor(cell, dtype=torch.float32, device=device)[None]
+            frame_index = torch.zeros(n_atoms, dtype=torch.long, device=device)
             for cutoff in args.cutoffs:
+                cases += [
+                    (
+                        cutoff,
+                        f"before: host copy + vesin ({device.type})",
+                        args.repeats,
+                        partial(host_round_trip_pairs, x, h, frame_index, cutoff),
+                        1,
+                    ),
+                    (
+                        cutoff,
+                        f"now: vesin-torch on {device.type}",
+                        args.repeats,
+                        partial(on_device_pairs, x, h, frame_index, cutoff),
+                        1,
+                    ),
+                ]
+                if args.only_lists:
+                    continue
                 cases += [
                     (
                         cutoff,
@@ -162,25 +218,26 @@ def run(args) -> list[dict]:
                             1,
                         )
                     )
-            cases.append(
-                (
-                    None,
-                    f"nearest_ion_distance ({n_ions} ions)",
-                    args.repeats,
-                    partial(nearest_ion_distance, positions, numbers, cell),
-                    1,
+            if not args.only_lists:
+                cases.append(
+                    (
+                        None,
+                        f"nearest_ion_distance ({n_ions} ions)",
+                        args.repeats,
+                        partial(nearest_ion_distance, positions, numbers, cell),
+                        1,
+                    )
                 )
-            )
-            frames = descriptor_frames(positions, numbers, cell, args.frames, rng)
-            cases.append(
-                (
-                    None,
-                    "frameset_descriptors, per frame",
-                    max(1, args.repeats // 3),
-                    partial(frameset_descriptors, frames),
-                    args.frames,
+                frames = descriptor_frames(positions, numbers, cell, args.frames, rng)
+                cases.append(
+                    (
+                        None,
+                        "frameset_descriptors, per frame",
+                        max(1, args.repeats // 3),
+                        partial(frameset_descriptors, frames),
+                        args.frames,
+                    )
                 )
-            )
             for cutoff, method, repeats, function, calls in cases:
                 median, best, result = timed(function, repeats)
                 pairs = result if isinstance(result, int) else None
@@ -211,6 +268,10 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-ase", action="store_true", help="leave out ASE (about 1 s per call)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device of the batch (cpu, cuda, ...)")
+    parser.add_argument(
+        "--only-lists", action="store_true", help="time only the per-step neighbour lists (before/now)"
+    )
     parser.add_argument("--csv", type=Path, default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
     if args.threads is not None:

@@ -16,7 +16,7 @@ FLOORS = (
     ("neighbors",),
     ("data",),
     ("models",),
-    ("md", "testing"),
+    ("md", "testing", "export"),
     ("metrics",),
     ("train",),
     ("scales",),

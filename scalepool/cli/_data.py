@@ -10,6 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ._testbeds import register_testbeds
+
 _NO_PHYSICS_HELP = (
     "skip the physical sanity checks (close contacts, density, cell thickness, force magnitudes, "
     "periodic meta without a cell) that otherwise refuse implausible data"
@@ -53,6 +55,7 @@ def register(commands) -> None:
         "--restart", action="store_true", help="delete an existing checkpoint and start from scratch"
     )
     nacl.set_defaults(func=_nacl)
+    register_testbeds(sub)  # graphene, peptide
 
     info = sub.add_parser("info", help="frames, atoms, species, box, force statistics, close-contact fraction")
     info.add_argument("path", type=Path, help="dataset (.npz) or any readable trajectory")
@@ -146,7 +149,7 @@ def _info(args: argparse.Namespace) -> int:
 
     with _warnings_to_stderr("info"):
         frames = read_frames(args.path, topology=args.topology, check_physics=not args.no_physics_checks)
-    if frames.cell is not None:
+    if not frames.ragged and frames.cell is not None:
         thinnest = float(cell_heights(frames.cell).min())
         if thinnest < MIN_CELL_HEIGHT:  # only reachable with --no-physics-checks
             raise DatasetError(
@@ -169,5 +172,6 @@ def _convert(args: argparse.Namespace) -> int:
         if isinstance(err, ValueError):  # already a DatasetError naming the problem
             raise
         raise ValueError(f"cannot write {args.output}: {err.strerror or err}; nothing was written") from err
-    print(f"wrote {path}: {frames.n_frames} frames of {frames.n_atoms} atoms")
+    atoms = f"{frames.n_atoms} atoms" if not frames.ragged else f"{frames.atom_counts.min()}-{frames.atom_counts.max()} atoms"
+    print(f"wrote {path}: {frames.n_frames} frames of {atoms}")
     return 0

@@ -27,26 +27,36 @@ _USER_ERRNOS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _data, _mix, _scales, _studies, _train
+    from . import _data, _export, _mix, _scales, _studies, _train
+    from ._config import ConfigArgumentParser
 
     parser = argparse.ArgumentParser(
         prog="scalepool",
         description="Loss-guided multi-scale force prediction: data, branches, scale layer, studies.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # subcommand parsers read --config FILE.yaml where they declare it (train, search, reproduce)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=ConfigArgumentParser
+    )
     _data.register(commands)
     _train.register(commands)
     _mix.register(commands)
+    _export.register(commands)
     _scales.register(commands)
     _studies.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._config import save_cli_options
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code in (0, 130):  # finished or interrupted (resumable): record its options
+            save_cli_options(args)
+        return code
     except (ValueError, FileNotFoundError) as err:
         print(f"scalepool {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,10 @@ import argparse
 from pathlib import Path
 
 from ..train import SPLITS
-from ._train import _setup  # device check, allocator, threads: as for train and predict
+from ._train import (
+    _setup,  # device check, allocator, threads: as for train and predict
+    add_data_key_arguments,
+)
 
 
 def register(commands) -> None:
@@ -70,10 +73,15 @@ def register(commands) -> None:
         "The split fractions default to those recorded with the model (MODEL.json of 'scalepool mix', or "
         "the run's config.json); otherwise --split-fractions is required.",
     )
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, help="model file (scalepool.models.save_model)")
+    which.add_argument("--run", type=Path, help="run directory of scalepool train (its best.pt)")
     evaluate.add_argument(
-        "--model", required=True, type=Path, help="model file (scalepool.models.save_model)"
-    )
-    evaluate.add_argument("--data", required=True, type=Path, help="dataset .npz")
+        "--data", required=True, type=Path,
+        help="dataset: .npz or any file scalepool reads (extxyz, traj, db, OUTCAR, vasprun.xml, TRR/H5MD); "
+        "another dataset than the model's needs --split all or --split-fractions",
+    )  # fmt: skip
+    add_data_key_arguments(evaluate)
     evaluate.add_argument("--split", choices=SPLITS, default="test", help="which block (default test)")
     evaluate.add_argument(
         "--split-fractions", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
@@ -123,16 +131,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..train import evaluate_model
 
     _setup(args)
+    if args.run is not None:
+        args.model = args.run / "best.pt"
     result = evaluate_model(
-        args.model, args.data, args.split, args.split_fractions, args.split_gap, args.device, args.batch_size
-    )
+        args.model, args.data, args.split, args.split_fractions, args.split_gap, args.device, args.batch_size,
+        energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key, topology=args.topology,
+    )  # fmt: skip
     result["dataset"] = str(args.data.resolve())
     write_json(args.json, result)
     first, stop = result["frames"]
     print(
         f"{args.model.name} ({result['model_class']}) on the {args.split} split of {args.data.name} "
         f"(frames {first}..{stop - 1}, {result['n_frames']} frames; split {result['split_fractions']} gap "
-        f"{result['split_gap']} from {result['split_source']}): force MAE {result['overall_mae']:.2f} meV/Å, "
-        f"ions {result['ion_mae']:.2f} meV/Å -> {args.json}"
+        f"{result['split_gap']} from {result['split_source']}): force MAE {result['overall_mae']:.2f} meV/Å"
+        + ("" if result["ion_mae"] is None else f", ions {result['ion_mae']:.2f} meV/Å")
+        + ("" if result["energy_mae_per_atom"] is None else f", energy {result['energy_mae_per_atom']:.2f} meV/atom")
+        + f" -> {args.json}"
     )
     return 0

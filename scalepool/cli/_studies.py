@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..scales import add_scale_arguments
+from ._config import ConfigArgumentParser, add_config_argument, save_cli_options
 
 
 def register(commands) -> None:
@@ -73,6 +74,7 @@ def register(commands) -> None:
     )
     reproduce.add_argument("--force", nargs="+", default=(), metavar="STAGE", help="redo these stages")
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_config_argument(reproduce)
     reproduce.set_defaults(func=_reproduce)
 
 
@@ -133,9 +135,26 @@ def _register_search(commands) -> None:
     )
     common.add_argument("--device", default="cpu", help="torch device")
     common.add_argument("--threads", type=int, default=1, help="torch CPU threads per worker (default 1)")
+    common.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="RDB storages: each running trial writes a heartbeat this often; a trial silent for the grace "
+        "period (a killed worker, on any host) is failed and queued again (default 10 for database servers, "
+        "off for SQLite; 0 turns it off)",
+    )
+    common.add_argument(
+        "--grace-period",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="seconds without a heartbeat after which a trial counts as dead (default 2 x interval)",
+    )
 
     scales = sub.add_parser(
         "settings",
+        aliases=["scales"],
         parents=[common],
         help="fast searches on a prediction cache: pool size/values, refinement, routers",
         description="Search pool sizes and values, refinement settings or router settings on a prediction "
@@ -149,6 +168,7 @@ def _register_search(commands) -> None:
     add_scale_arguments(scales, "granularity")
     scales.add_argument("--size-penalty", type=float, default=0.1, help="meV/Å per scale beyond the anchors")
     scales.add_argument("--max-inner", type=int, default=6, help="most scales besides the anchors")
+    add_config_argument(scales)
     scales.set_defaults(func=_search_scales, default_trials=200)
 
     models = sub.add_parser(
@@ -175,6 +195,7 @@ def _register_search(commands) -> None:
     models.add_argument("--lr", type=float, default=1e-3)
     models.add_argument("--batch-size", type=int, default=1)
     models.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
+    add_config_argument(models)
     models.set_defaults(func=_search_models, default_trials=20)
 
 
@@ -194,6 +215,7 @@ def _search_scales(args: argparse.Namespace) -> int:
         args.pred, args.storage, study_name=args.study_name, space=args.space, n_trials=n_trials,
         timeout=args.timeout, seed=args.seed, worker=args.worker, out=args.out, granularity=args.granularity,
         size_penalty=args.size_penalty, max_inner=args.max_inner, device=args.device,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
     )  # fmt: skip
     rate = record["trials_per_minute"]
     print(
@@ -230,6 +252,7 @@ def _search_models(args: argparse.Namespace) -> int:
         args.data, args.branch, args.storage, args.out, study_name=args.study_name, space=args.space,
         n_trials=n_trials, timeout=args.timeout, epochs=args.epochs, seed=args.seed, worker=args.worker,
         fixed=fixed, max_minutes=args.max_minutes,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
         train_options={"lr": args.lr, "batch_size": args.batch_size, "split_fractions": fractions, "device": args.device},
     )  # fmt: skip
     print(json.dumps(record, indent=1, default=str))
@@ -275,11 +298,16 @@ def _reproduce(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """These subcommands alone (the main entry point registers them beside the others)."""
     parser = argparse.ArgumentParser(prog="scalepool")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=ConfigArgumentParser
+    )
     register(commands)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code in (0, 130):
+            save_cli_options(args)
+        return code
     except (ValueError, FileNotFoundError) as err:
         print(f"scalepool {args.command}: error: {err}", file=sys.stderr)
         return 2

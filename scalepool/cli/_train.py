@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from ..models import BRANCHES
-from ..train import add_train_arguments, settings_from_args
+from ..train import TrainSettings, add_train_arguments, settings_from_args
+from ._config import add_config_argument
 
 
-def _fractions(text: str) -> tuple[float, float, float]:
+def _fractions(text: str) -> tuple[float, float, float] | str:
+    if text in ("time", "random"):  # --split random: the split mode, with the default fractions
+        return text
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -48,7 +52,18 @@ def register(commands) -> None:
         choices=list(BRANCHES),
         help="which branch to build: " + "; ".join(f"{b.name}: {b.description}" for b in BRANCHES.values()),
     )
-    train.add_argument("--data", required=True, type=Path, help="dataset .npz (scalepool data nacl)")
+    train.add_argument(
+        "--data", required=True, type=Path,
+        help="dataset: .npz (scalepool data nacl) or any file scalepool reads (extxyz, traj, db, OUTCAR, "
+        "vasprun.xml, TRR/H5MD with a PDB topology beside it); frames may differ in atoms",
+    )  # fmt: skip
+    add_data_key_arguments(train)
+    train.add_argument(
+        "--valid-data", type=Path, default=None,
+        help="validation frames from their own file (needs --test-data): train on all of --data, validate on "
+        "this file, keep --test-data as the test block; --split is then ignored",
+    )  # fmt: skip
+    train.add_argument("--test-data", type=Path, default=None, help="test frames from their own file")
     train.add_argument("--out", required=True, type=Path, help="run directory (created or resumed)")
     add_train_arguments(train, _fractions)  # --epochs, --lr, --split...: TrainSettings' fields and defaults
     train.add_argument(
@@ -73,6 +88,12 @@ def register(commands) -> None:
         "unless its checkpoint.pt can be resumed",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the history.csv scalars to RUN/tensorboard for TensorBoard (needs tensorboard)",
+    )
+    add_config_argument(train)
     train.set_defaults(func=_train)
 
     predict = commands.add_parser(
@@ -90,13 +111,54 @@ def register(commands) -> None:
         help="run directory of scalepool train; repeat for each branch (first is anchor 0)",
     )
     predict.add_argument("--data", required=True, type=Path, help="the dataset the runs were trained on")
+    add_data_key_arguments(predict)
     predict.add_argument("--out", required=True, type=Path, help="prediction cache .npz")
     predict.add_argument("--model-file", choices=["best.pt", "last.pt"], default="best.pt")
+    predict.add_argument(
+        "--new-data", action="store_true",
+        help="--data is a new dataset the runs never saw: no dataset check and no training split; every frame "
+        "is written as a test row",
+    )  # fmt: skip
     predict.add_argument("--batch-size", type=int, default=1)
     predict.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     predict.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     predict.set_defaults(func=_predict)
+
+
+def add_data_key_arguments(parser) -> None:
+    """``--energy-key``, ``--forces-key``, ``--stress-key`` (label names in files read through ASE) and
+    ``--topology`` (TRR/H5MD)."""
+    parser.add_argument(
+        "--energy-key", default=None,
+        help="ASE formats: info entry (or calculator result) holding the energy in eV (default REF_energy, "
+        "then energy, then the calculator's; a named key never falls back)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--forces-key", default=None,
+        help="ASE formats: per-atom array (or calculator result) holding forces in eV/Å (default "
+        "REF_forces, then forces, then the calculator's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--topology", type=Path, default=None,
+        help="TRR/H5MD only: topology with the elements (.pdb, .gro, .tpr, .psf); default <stem>.pdb beside it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--stress-key", default=None,
+        help="ASE formats: info entry (or calculator result) holding the stress in eV/Å^3, ASE sign "
+        "(default REF_stress, then stress, then the calculator's; periodic frames only)",
+    )  # fmt: skip
+
+
+def read_data(args, path: Path):
+    """The FrameSet of ``path`` (any readable format) with the label keys of ``args``."""
+    from ..data import FrameSet, read_frames
+
+    keys = {name: getattr(args, name, None) for name in ("energy_key", "forces_key", "stress_key", "topology")}
+    keys = {k: v for k, v in keys.items() if v is not None}
+    if Path(path).suffix == ".npz" and not keys:
+        return FrameSet.load(path)
+    return read_frames(path, **keys)
 
 
 def _setup(args) -> None:
@@ -120,7 +182,17 @@ def _train(args: argparse.Namespace) -> int:
     from ..train import train
 
     _setup(args)
-    frames = FrameSet.load(args.data)
+    frames = read_data(args, args.data)
+    if isinstance(args.split_fractions, str):  # --split time|random
+        args.split_mode, args.split_fractions = args.split_fractions, TrainSettings().split_fractions
+    if (args.valid_data is None) != (args.test_data is None):
+        raise ValueError("--valid-data and --test-data go together (the test block must come from somewhere)")
+    if args.valid_data is not None:  # three files: their frames are the three blocks, in order
+        parts = [frames, read_data(args, args.valid_data), read_data(args, args.test_data)]
+        frames = FrameSet.concatenate(parts)
+        args.split_fractions, args.split_gap, args.split_mode = tuple(float(len(p)) for p in parts), 0, "time"
+        frames.meta = {**frames.meta, "files": [str(Path(p).resolve()) for p in
+                                                (args.data, args.valid_data, args.test_data)]}  # fmt: skip
     from ..models import build_branch
 
     overrides = dict(args.model_option)
@@ -146,6 +218,7 @@ def _train(args: argparse.Namespace) -> int:
             branch=args.branch,
             data_path=args.data,
             progress=not args.no_progress,
+            tensorboard=args.tensorboard,
         )
     except KeyboardInterrupt:
         print(
@@ -153,6 +226,8 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for all ranks
+        return 0
     best = (
         "n/a"
         if result.best_epoch is None
@@ -167,11 +242,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..data import FrameSet
     from ..train import predict_cache
 
     _setup(args)
-    frames = FrameSet.load(args.data)
+    frames = read_data(args, args.data)
     path = predict_cache(
         args.run,
         frames,
@@ -181,6 +255,7 @@ def _predict(args: argparse.Namespace) -> int:
         model_file=args.model_file,
         data_path=args.data,
         progress=not args.no_progress,
+        new_data=args.new_data,
     )
     print(f"wrote {path}")
     print("test split, force errors in meV/Å (MAE and RMSE over force components):")

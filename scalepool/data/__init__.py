@@ -11,10 +11,11 @@ from ._descriptors import (
     nearest_counterion_distance,
     nearest_ion_distance,
 )
-from ._frameset import DatasetError, FrameSet, NotAFileError, time_block_split
+from ._frameset import DatasetError, FrameSet, NotAFileError, random_split, time_block_split
 from ._io import SUPPORTED_READ, SUPPORTED_WRITE, companion_topology, read_frames, write_frames
 from ._nacl_checkpoint import CheckpointInUse
 from ._prediction_cache import PredictionCache, PredictionCacheError, split_code
+from ._ragged import RaggedLayoutError
 from ._rdf import contact_ion_mask, first_minimum, nearest_ion_distance_frames, radial_distribution
 from ._sanity import (
     MIN_CELL_HEIGHT,
@@ -30,6 +31,8 @@ from ._summary import force_statistics, format_summary, summarize
 # The testbed generator needs OpenMM; load it on first use so that models,
 # training and the scale layer import (and run, e.g. on a GPU node) without it.
 _OPENMM_NAMES = ("build_nacl_system", "generate_nacl", "openmm_force_function", "openmm_reference_forces")
+_GRAPHENE_NAMES = ("generate_graphene", "graphene_reference", "graphene_profile_path", "save_graphene")
+_PEPTIDE_NAMES = ("build_peptide", "generate_peptide", "peptide_observables", "peptide_reference")
 
 
 def __getattr__(name: str):
@@ -37,6 +40,14 @@ def __getattr__(name: str):
         from . import _nacl
 
         return getattr(_nacl, name)
+    if name in _GRAPHENE_NAMES:  # needs tblite
+        from . import _graphene
+
+        return getattr(_graphene, name)
+    if name in _PEPTIDE_NAMES:  # needs OpenMM and PeptideBuilder
+        from . import _peptide
+
+        return getattr(_peptide, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -57,7 +68,15 @@ __all__ = [
     "cell_heights",
     "check_physics",
     "frameset_descriptors",
+    "generate_graphene",
     "generate_nacl",
+    "generate_peptide",
+    "graphene_profile_path",
+    "graphene_reference",
+    "save_graphene",
+    "build_peptide",
+    "peptide_observables",
+    "peptide_reference",
     "keys",
     "min_ion_ion_distance",
     "minimum_image_distances",
@@ -75,6 +94,8 @@ __all__ = [
     "contact_ion_mask",
     "first_minimum",
     "radial_distribution",
+    "random_split",
+    "RaggedLayoutError",
     "read_frames",
     "split_code",
     "time_block_split",

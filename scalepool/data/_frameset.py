@@ -1,13 +1,28 @@
-"""FrameSet: the in-memory dataset, its validation, npz I/O and time-block splits."""
+"""FrameSet: the in-memory dataset (fixed or ragged layout), its validation, npz I/O and splits.
+
+Two layouts share one class:
+
+- **fixed**: every frame holds the same atoms in the same order (a trajectory):
+  ``positions (F, N, 3)``, ``numbers (N,)``, ``cell (F, 3, 3)`` or none.
+- **ragged**: frames differ in atom count, species and order (independent
+  configurations, several systems): ``positions (T, 3)`` concatenated over
+  frames, ``numbers (T,)``, ``atom_counts (F,)`` (npz key ``n_atoms``, whose
+  presence marks the layout), per-frame ``cell (F, 3, 3)`` and ``pbc (F, 3)``.
+
+Code that must take both reads the uniform accessors: :attr:`FrameSet.atom_counts`,
+:attr:`~FrameSet.offsets`, :meth:`~FrameSet.frame_slices`, :meth:`~FrameSet.frame`,
+:attr:`~FrameSet.positions_flat`, :attr:`~FrameSet.forces_flat`,
+:attr:`~FrameSet.numbers_flat`, :attr:`~FrameSet.cells`, :attr:`~FrameSet.pbc`,
+:meth:`~FrameSet.atom_index`.  The fixed-layout-only attributes (``positions``,
+``forces``, ``numbers``, ``cell``, ``force_parts``, ``n_atoms``) raise
+:class:`RaggedLayoutError` on ragged data, naming the accessor to use instead.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,268 +30,328 @@ import numpy as np
 
 from .._files import write_npz
 from . import _keys as K
+from ._atoms import atoms_fields
+from ._npz import _check_finite, _numeric, _read_meta, _read_npz
+from ._ragged import RaggedLayoutError, validate_fixed, validate_ragged
 from ._sanity import DatasetError, resolve_check
 from ._sanity import check_physics as run_physics_checks
+from ._splits import random_split, time_block_split
 
-# Stored dtypes: positions and cells keep float64 so that a frame can be
-# recomputed exactly by a reference engine; forces are float32 (their own
-# accuracy is far below float32 resolution) which halves the file size.
-_FLOAT_DTYPES = {K.POSITIONS: np.float64, K.CELL: np.float64, K.ENERGY: np.float64}
-_FORCE_DTYPE = np.float32
+#: Fixed-layout attributes and the uniform accessor to use on ragged data.
+_INSTEAD = {
+    "positions": "positions_flat (T, 3) with offsets, or frame(i)",
+    "forces": "forces_flat (T, 3) with offsets, or frame(i)",
+    "numbers": "numbers_flat (T,) with offsets, or frame(i)",
+    "cell": "cells (F, 3, 3) with pbc (F, 3)",
+    "force_parts": "frame(i) (ragged datasets hold no force decomposition)",
+    "n_atoms": "atom_counts (F,) or n_atoms_total",
+}
 
 
 class NotAFileError(DatasetError, IsADirectoryError):
     """A path that should be a data file is a directory (a DatasetError and an IsADirectoryError)."""
 
 
-#: First bytes of files that are not .npz archives, and what they are.
-_SIGNATURES = (
-    (b"\x93NUMPY", "a single .npy array, not an .npz archive of named arrays"),
-    (b"\x89HDF", "an HDF5 file (H5MD?); read it with read_frames(..., format='h5md')"),
-    (b"\x00\x00\x07\xc9", "a GROMACS TRR trajectory; read it with read_frames and a topology"),
-    (b"\x1f\x8b", "gzip-compressed; decompress it first"),
-    (b"\x80", "a Python pickle; scalepool never unpickles data files"),
-)
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-
-def _not_npz_reason(path: Path, head: bytes) -> str:
-    """What a file that does not start like a zip archive is, for the error message."""
-    for magic, what in _SIGNATURES:
-        if head.startswith(magic):
-            return what
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"not a zip archive (it starts with bytes {head[:8]!r})"
-    lines = text.splitlines()
-    first = lines[0].strip() if lines else ""
-    second = lines[1] if len(lines) > 1 else ""
-    if first.isdigit() and ("Properties=" in second or "Lattice=" in second or len(lines) > 2):
-        if path.suffix in (".extxyz", ".xyz"):
-            fix = f"convert it first: scalepool data convert {path} {path.with_suffix('.npz')}"
-        else:
-            fix = f"rename it to {path.with_suffix('.extxyz').name}, or read it with read_frames(..., format='extxyz')"
-        return f"an (extended) XYZ text file, not a zip archive; {fix}"
-    if first.startswith(("ATOM", "HETATM", "CRYST1", "HEADER", "REMARK", "MODEL")):
-        return "a PDB text file, not a zip archive"
-    return f"a text file, not a zip archive (its first line is {first[:60]!r})"
-
-
-def _read_npz(path: Path) -> dict[str, Any]:
-    """Every array of an ``.npz`` file; errors name the file, the array and the problem."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    if not head.startswith(_ZIP_MAGIC):
-        raise DatasetError(f"{path} is not a readable .npz file: it is {_not_npz_reason(path, head)}")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        ValueError,
-        OSError,
-        KeyError,
-        NotImplementedError,
-    ) as err:
-        raise DatasetError(
-            f"{path} is not a readable .npz file (truncated or corrupt?): {type(err).__name__}: {err}"
-        ) from err
-    arrays = {}
-    with archive:
-        for key in archive.files:
-            try:
-                arrays[key] = archive[key]
-            except ValueError as err:
-                if "pickle" in str(err).lower() or "object arrays" in str(err).lower():
-                    raise DatasetError(
-                        f"{path}: array '{key}' holds Python objects (a pickled object array); scalepool "
-                        "datasets hold numbers and one JSON string, and never unpickle data files"
-                    ) from err
-                raise DatasetError(f"{path}: array '{key}' is unreadable (corrupt header?): {err}") from err
-            except MemoryError as err:
-                raise DatasetError(
-                    f"{path}: array '{key}' claims a shape too large to load (corrupt header?)"
-                ) from err
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                OSError,
-                KeyError,
-                NotImplementedError,
-                RuntimeError,
-            ) as err:  # RuntimeError: zipfile's "encrypted member" on a flipped flag bit
-                raise DatasetError(
-                    f"{path}: array '{key}' is unreadable (truncated or corrupt?): {type(err).__name__}: {err}"
-                ) from err
-    return arrays
-
-
-def _numeric(path: Path, key: str, value: Any, kinds: str = "iuf") -> np.ndarray:
-    """``value`` as an array whose dtype kind is in ``kinds``; DatasetError naming the array otherwise."""
-    array = np.asarray(value)
-    if array.dtype.kind not in kinds:
-        raise DatasetError(
-            f"{path}: array '{key}' has dtype {array.dtype} ({'integers' if kinds == 'iu' else 'numbers'} expected)"
-        )
-    return array
-
-
-def _read_meta(path: Path, value: Any) -> dict[str, Any]:
-    """The JSON object stored in the ``meta`` array; DatasetError naming the file and field otherwise."""
-    array = np.asarray(value)
-    if array.dtype.kind not in "US" or array.size != 1:
-        raise DatasetError(
-            f"{path}: array '{K.META}' must be one JSON string, got dtype {array.dtype} shape {array.shape}"
-        )
-    text = array.reshape(()).item()
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DatasetError(f"{path}: array '{K.META}' is not UTF-8 text: {err}") from err
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DatasetError(
-            f"{path}: array '{K.META}' is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}; "
-            f"it starts {text[:40]!r})"
-        ) from err
-    if not isinstance(meta, dict):
-        raise DatasetError(
-            f"{path}: array '{K.META}' must hold a JSON object, got a JSON {type(meta).__name__}"
-        )
-    return meta
-
-
-def _check_finite(name: str, array: np.ndarray) -> None:
-    bad = ~np.isfinite(array)
-    if bad.any():
-        first = np.argwhere(bad)[0].tolist()
-        raise DatasetError(
-            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf); first at index {first}"
-        )
-
-
-@dataclasses.dataclass
 class FrameSet:
-    """A trajectory with reference forces.
+    """A set of frames with reference forces, in the fixed or the ragged layout.
 
-    Attributes
-    ----------
-    positions : (F, N, 3) float64, Å
-    forces : (F, N, 3) float32, eV/Å, total reference force
-    numbers : (N,) int, atomic numbers
-    cell : (F, 3, 3) float64, Å, rows are cell vectors; ``None`` for a
-        non-periodic system
-    energy : (F,) float64, eV, or ``None``
-    force_parts : ``{part: (F, N, 3) eV/Å}``, optional decomposition whose sum
-        should equal ``forces`` (e.g. ``bonded``, ``direct``, ``reciprocal``)
-    meta : JSON-serialisable dict (generator, parameters, versions, seed)
+    Fixed layout (``atom_counts`` not given)
+        positions : (F, N, 3) float64, Å
+        forces : (F, N, 3) float32, eV/Å, total reference force
+        numbers : (N,) int, atomic numbers
+        cell : (F, 3, 3) float64, Å, rows are cell vectors; ``None`` for a
+            non-periodic system
+        force_parts : ``{part: (F, N, 3) eV/Å}``, optional decomposition whose sum
+            should equal ``forces`` (e.g. ``bonded``, ``direct``, ``reciprocal``)
+
+    Ragged layout (``atom_counts`` given)
+        positions : (T, 3) float64, Å, frames back to back (T = sum of atom_counts)
+        forces : (T, 3) float32, eV/Å
+        numbers : (T,) int
+        atom_counts : (F,) int, atoms of each frame (npz key ``n_atoms``)
+        cell : (F, 3, 3) float64, Å, rows zero on non-periodic axes (``None``: all open)
+        pbc : (F, 3) bool (default: periodic where the cell row is non-zero);
+            each frame is fully periodic or fully open
+
+    Both layouts
+        energy : (F,) float64, eV, or ``None``
+        stress : (F, 3, 3) float64, eV/Å^3, or ``None`` (periodic frames only)
+        meta : JSON-serialisable dict (generator, parameters, versions, seed)
     """
 
-    positions: np.ndarray
-    forces: np.ndarray
-    numbers: np.ndarray
-    cell: np.ndarray | None = None
-    energy: np.ndarray | None = None
-    force_parts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.positions = np.asarray(self.positions, dtype=np.float64)
-        if self.forces is None:
+    def __init__(
+        self,
+        positions,
+        forces,
+        numbers,
+        cell=None,
+        energy=None,
+        force_parts: dict[str, np.ndarray] | None = None,
+        meta: dict[str, Any] | None = None,
+        *,
+        atom_counts=None,
+        pbc=None,
+        stress=None,
+    ) -> None:
+        force_parts = {} if force_parts is None else force_parts
+        meta = {} if meta is None else meta
+        if forces is None:
             raise DatasetError("forces are missing: scalepool datasets need reference forces")
-        self.forces = np.asarray(self.forces, dtype=_FORCE_DTYPE)
-        self.numbers = np.asarray(self.numbers)
-        if self.positions.ndim != 3 or self.positions.shape[-1] != 3:
-            raise DatasetError(f"positions must have shape (F, N, 3), got {self.positions.shape}")
-        n_frames, n_atoms, _ = self.positions.shape
-        if n_frames == 0 or n_atoms == 0:
-            raise DatasetError(f"dataset is empty: {n_frames} frames of {n_atoms} atoms")
-        if self.forces.shape != self.positions.shape:
-            raise DatasetError(
-                f"forces have shape {self.forces.shape} but positions have {self.positions.shape}"
+        self._ragged = atom_counts is not None
+        if self._ragged:
+            if force_parts:
+                raise DatasetError("ragged datasets hold no force decomposition (force_parts)")
+            fields = validate_ragged(positions, forces, numbers, atom_counts, cell, pbc)
+            self._positions, self._forces, self._numbers = (
+                fields["positions"],
+                fields["forces"],
+                fields["numbers"],
             )
-        if self.numbers.shape != (n_atoms,):
-            raise DatasetError(f"numbers must have shape ({n_atoms},), got {self.numbers.shape}")
-        if not np.issubdtype(self.numbers.dtype, np.integer):
-            raise DatasetError(f"numbers must be integers, got dtype {self.numbers.dtype}")
-        self.numbers = self.numbers.astype(np.int64)
-        if (self.numbers < 1).any() or (self.numbers > 118).any():
-            raise DatasetError(f"atomic numbers must lie in 1..118, got {sorted(set(self.numbers.tolist()))}")
-        if self.cell is not None:
-            self.cell = np.asarray(self.cell, dtype=np.float64)
-            if self.cell.shape == (3, 3):
-                self.cell = np.broadcast_to(self.cell, (n_frames, 3, 3)).copy()
-            if self.cell.shape != (n_frames, 3, 3):
-                raise DatasetError(f"cell must have shape ({n_frames}, 3, 3), got {self.cell.shape}")
-            _check_finite(K.CELL, self.cell)
-            volume = np.abs(np.linalg.det(self.cell))
-            if (volume < 1e-6).any():
-                raise DatasetError(
-                    f"cell of frame {int(np.argmin(volume))} is degenerate (volume {volume.min():.3g} Å^3); "
-                    "periodic data need a full 3D box"
-                )
+            self._counts, self._cell, self._pbc = fields["atom_counts"], fields["cell"], fields["pbc"]
+            self._force_parts = {}
+        else:
+            if pbc is not None:
+                raise DatasetError("pbc applies to the ragged layout only (fixed layout: cell or None)")
+            self._init_fixed(positions, forces, numbers, cell, force_parts)
+        n_frames = self.n_frames
+        self.energy = energy
         if self.energy is not None:
             self.energy = np.asarray(self.energy, dtype=np.float64).reshape(-1)
             if self.energy.shape != (n_frames,):
                 raise DatasetError(f"energy must have shape ({n_frames},), got {self.energy.shape}")
             _check_finite(K.ENERGY, self.energy)
-        parts = {}
-        for part, value in self.force_parts.items():
-            value = np.asarray(value, dtype=_FORCE_DTYPE)
-            if value.shape != self.positions.shape:
+        self.stress = None if stress is None else np.asarray(stress, dtype=np.float64)
+        if self.stress is not None:
+            if self.stress.shape != (n_frames, 3, 3):
                 raise DatasetError(
-                    f"force part '{part}' has shape {value.shape}, expected {self.positions.shape}"
+                    f"stress must have shape ({n_frames}, 3, 3) eV/Å^3, got {self.stress.shape}"
                 )
-            _check_finite(K.FORCE_PART_PREFIX + part, value)
-            parts[part] = value
-        self.force_parts = parts
-        _check_finite(K.POSITIONS, self.positions)
-        _check_finite(K.FORCES, self.forces)
+            _check_finite(K.STRESS, self.stress)
+            open_frames = np.flatnonzero(~self.pbc.all(axis=1))
+            if len(open_frames):
+                raise DatasetError(
+                    f"stress given for non-periodic frame {int(open_frames[0])}: stress is defined for "
+                    "periodic frames only"
+                )
+        self.meta = meta
         if not isinstance(self.meta, dict):
             raise DatasetError(f"meta must be a dict (a JSON object), got {type(self.meta).__name__}")
         json.dumps(self.meta)  # fail now, not when saving, if meta is not JSON
 
-    # ------------------------------------------------------------------ basics
-    @property
-    def n_frames(self) -> int:
-        return self.positions.shape[0]
+    def _init_fixed(self, positions, forces, numbers, cell, force_parts) -> None:
+        fields = validate_fixed(positions, forces, numbers, cell, force_parts)
+        self._positions, self._forces, self._numbers = (
+            fields["positions"],
+            fields["forces"],
+            fields["numbers"],
+        )
+        self._cell, self._force_parts = fields["cell"], fields["force_parts"]
+        n_frames = len(self._positions)
+        self._counts = np.full(n_frames, self._positions.shape[1], dtype=np.int64)
+        self._pbc = np.full((n_frames, 3), self._cell is not None)
+
+    # ------------------------------------------------- fixed-layout attributes
+    def _fixed(self, name: str):
+        if self._ragged:
+            raise RaggedLayoutError(
+                f"FrameSet.{name} exists for the fixed layout only (same atoms in every frame); this dataset "
+                f"is ragged ({self.n_frames} frames of {self._counts.min()}..{self._counts.max()} atoms): "
+                f"use {_INSTEAD[name]}"
+            )
+        return getattr(self, "_" + name)
+
+    positions = property(lambda self: self._fixed("positions"), doc="(F, N, 3) Å; fixed layout only")
+    forces = property(lambda self: self._fixed("forces"), doc="(F, N, 3) eV/Å; fixed layout only")
+    numbers = property(lambda self: self._fixed("numbers"), doc="(N,) atomic numbers; fixed layout only")
+    cell = property(lambda self: self._fixed("cell"), doc="(F, 3, 3) Å or None; fixed layout only")
+    force_parts = property(lambda self: self._fixed("force_parts"), doc="{part: (F, N, 3) eV/Å}; fixed only")
 
     @property
     def n_atoms(self) -> int:
-        return self.positions.shape[1]
+        """Atoms per frame (fixed layout only; ragged: :attr:`atom_counts`)."""
+        if self._ragged:
+            self._fixed("n_atoms")
+        return self._positions.shape[1]
+
+    # ------------------------------------------------------ uniform accessors
+    @property
+    def ragged(self) -> bool:
+        """True for the ragged layout (frames may differ in atoms)."""
+        return self._ragged
+
+    @property
+    def n_frames(self) -> int:
+        return len(self._counts)
+
+    @property
+    def atom_counts(self) -> np.ndarray:
+        """(F,) int, atoms of each frame."""
+        return self._counts
+
+    @property
+    def n_atoms_total(self) -> int:
+        """Atoms summed over frames (T)."""
+        return int(self._counts.sum())
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(F + 1,) int: frame ``f`` holds flat atoms ``offsets[f]:offsets[f + 1]``."""
+        return np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)
+
+    def frame_slices(self) -> list[slice]:
+        """One slice into the flat (T, ...) arrays per frame."""
+        off = self.offsets
+        return [slice(int(off[f]), int(off[f + 1])) for f in range(self.n_frames)]
+
+    def atom_index(self, indices=None) -> np.ndarray:
+        """(n,) flat atom indices of the frames ``indices`` (all when None), concatenated in that order."""
+        idx = np.arange(self.n_frames) if indices is None else np.atleast_1d(np.asarray(indices))
+        off = self.offsets
+        if len(idx) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(off[i], off[i + 1]) for i in idx])
+
+    @property
+    def positions_flat(self) -> np.ndarray:
+        """(T, 3) float64 Å, frames back to back."""
+        return self._positions if self._ragged else self._positions.reshape(-1, 3)
+
+    @property
+    def forces_flat(self) -> np.ndarray:
+        """(T, 3) float32 eV/Å, frames back to back."""
+        return self._forces if self._ragged else self._forces.reshape(-1, 3)
+
+    @property
+    def numbers_flat(self) -> np.ndarray:
+        """(T,) int64 atomic numbers, frames back to back."""
+        return self._numbers if self._ragged else np.tile(self._numbers, self.n_frames)
+
+    @property
+    def cells(self) -> np.ndarray:
+        """(F, 3, 3) float64 Å; zero rows on non-periodic axes (all zero for an open frame)."""
+        if self._cell is None:
+            return np.zeros((self.n_frames, 3, 3))
+        return self._cell
+
+    @property
+    def pbc(self) -> np.ndarray:
+        """(F, 3) bool, periodic axes of each frame."""
+        return self._pbc
 
     @property
     def periodic(self) -> bool:
-        return self.cell is not None
+        """Every frame is fully periodic."""
+        return bool(self._pbc.all())
+
+    def species(self) -> list[int]:
+        """Sorted atomic numbers present in any frame."""
+        return sorted(set(np.unique(self._numbers).tolist()))
+
+    def species_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(species (S,), counts (F, S))``: atoms of each species in each frame."""
+        species = np.unique(self._numbers)
+        if not self._ragged:
+            counts = (self._numbers[:, None] == species[None, :]).sum(axis=0)
+            return species, np.tile(counts, (self.n_frames, 1))
+        column = np.searchsorted(species, self._numbers)
+        frame = np.repeat(np.arange(self.n_frames), self._counts)
+        counts = np.zeros((self.n_frames, len(species)), dtype=np.int64)
+        np.add.at(counts, (frame, column), 1)
+        return species, counts
+
+    def frame(self, index: int) -> FrameSet:
+        """Frame ``index`` as a one-frame fixed-layout FrameSet (cell None when open)."""
+        index = int(index)
+        if not -self.n_frames <= index < self.n_frames:
+            raise IndexError(f"frame {index} out of range for {self.n_frames} frames")
+        if not self._ragged:
+            return self[index]
+        index %= self.n_frames
+        sl = self.frame_slices()[index]
+        periodic = bool(self._pbc[index].all())
+        return FrameSet(
+            positions=self._positions[None, sl],
+            forces=self._forces[None, sl],
+            numbers=self._numbers[sl].copy(),
+            cell=self._cell[index : index + 1] if periodic else None,
+            energy=None if self.energy is None else self.energy[index : index + 1],
+            stress=None if self.stress is None else self.stress[index : index + 1],
+            meta=dict(self.meta),
+        )
+
+    def groups(self) -> list[tuple[np.ndarray, FrameSet]]:
+        """``[(frame indices, fixed-layout FrameSet)]``: frames with the same atoms and boundaries together."""
+        if not self._ragged:
+            return [(np.arange(self.n_frames), self)]
+        keys: dict[tuple, list[int]] = {}
+        for f, sl in enumerate(self.frame_slices()):
+            keys.setdefault((self._numbers[sl].tobytes(), bool(self._pbc[f].all())), []).append(f)
+        out = []
+        for (_, periodic), members in keys.items():
+            idx = np.asarray(members)
+            atoms = self.atom_index(idx)
+            n = int(self._counts[idx[0]])
+            out.append((idx, FrameSet(
+                positions=self._positions[atoms].reshape(len(idx), n, 3),
+                forces=self._forces[atoms].reshape(len(idx), n, 3),
+                numbers=self._numbers[atoms[:n]].copy(),
+                cell=self._cell[idx] if periodic else None,
+                energy=None if self.energy is None else self.energy[idx],
+                stress=None if self.stress is None else self.stress[idx],
+                meta=dict(self.meta),
+            )))  # fmt: skip
+        return out
 
     def __len__(self) -> int:
         return self.n_frames
 
+    def __repr__(self) -> str:
+        layout = "ragged" if self._ragged else f"fixed, {self._counts[0]} atoms"
+        return f"FrameSet({self.n_frames} frames, {layout}, species {self.species()})"
+
     def __getitem__(self, index) -> FrameSet:
-        """Frames selected by an int, slice or index array, as a new FrameSet."""
+        """Frames selected by an int, slice or index array, as a new FrameSet of the same layout."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
+        stress = None if self.stress is None else self.stress[index]
+        energy = None if self.energy is None else self.energy[index]
+        if self._ragged:
+            idx = np.arange(self.n_frames)[index]
+            atoms = self.atom_index(idx)
+            return FrameSet(
+                positions=self._positions[atoms], forces=self._forces[atoms], numbers=self._numbers[atoms],
+                atom_counts=self._counts[idx], cell=None if self._cell is None else self._cell[idx],
+                pbc=self._pbc[idx], energy=energy, stress=stress, meta=dict(self.meta),
+            )  # fmt: skip
         return FrameSet(
-            positions=self.positions[index],
-            forces=self.forces[index],
-            numbers=self.numbers.copy(),
-            cell=None if self.cell is None else self.cell[index],
-            energy=None if self.energy is None else self.energy[index],
-            force_parts={k: v[index] for k, v in self.force_parts.items()},
+            positions=self._positions[index],
+            forces=self._forces[index],
+            numbers=self._numbers.copy(),
+            cell=None if self._cell is None else self._cell[index],
+            energy=energy,
+            force_parts={k: v[index] for k, v in self._force_parts.items()},
             meta=dict(self.meta),
+            stress=stress,
         )
 
     # --------------------------------------------------------------- splits
     def split_indices(
-        self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), gap: int = 0
+        self,
+        fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        gap: int = 0,
+        mode: str = "time",
+        seed: int = 0,
     ) -> dict[str, np.ndarray]:
-        """Contiguous time-block split; see :func:`time_block_split`."""
-        return time_block_split(self.n_frames, fractions, gap)
+        """Train/val/test frame indices: contiguous time blocks (:func:`time_block_split`, the
+        default, for trajectories) or ``mode="random"`` (:func:`random_split`, seeded, for
+        independent configurations; ``gap`` must be 0)."""
+        if mode == "time":
+            return time_block_split(self.n_frames, fractions, gap)
+        if mode == "random":
+            if gap:
+                raise ValueError(f"a random split has no time gap; got gap={gap}")
+            return random_split(self.n_frames, fractions, seed)
+        raise ValueError(f"split mode must be 'time' or 'random', got {mode!r}")
 
     def split(
         self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), gap: int = 0
@@ -287,16 +362,22 @@ class FrameSet:
     # ---------------------------------------------------------------- npz I/O
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {
-            K.POSITIONS: self.positions,
-            K.FORCES: self.forces,
-            K.NUMBERS: self.numbers,
+            K.POSITIONS: self._positions,
+            K.FORCES: self._forces,
+            K.NUMBERS: self._numbers,
             K.META: np.array(json.dumps(self.meta, sort_keys=True)),
         }
-        if self.cell is not None:
-            arrays[K.CELL] = self.cell
+        if self._ragged:
+            arrays[K.N_ATOMS] = self._counts
+            arrays[K.PBC] = self._pbc
+            arrays[K.CELL] = self.cells
+        elif self._cell is not None:
+            arrays[K.CELL] = self._cell
         if self.energy is not None:
             arrays[K.ENERGY] = self.energy
-        for part, value in self.force_parts.items():
+        if self.stress is not None:
+            arrays[K.STRESS] = self.stress
+        for part, value in self._force_parts.items():
             arrays[K.FORCE_PART_PREFIX + part] = value
         return arrays
 
@@ -312,12 +393,13 @@ class FrameSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike, check_physics: bool | str = True) -> FrameSet:
-        """Read a dataset ``.npz``; errors name the file and the missing or malformed array.
+        """Read a dataset ``.npz`` (either layout); errors name the file and the missing or malformed array.
 
         ``check_physics``: run the physical sanity checks of :mod:`scalepool.data._sanity`
         (close contacts, density, cell, force magnitudes, periodic meta without a cell):
         ``True`` refuses what no real dataset shows (:class:`PhysicsError`) and warns
-        about the rest, ``"strict"`` refuses both, ``False`` skips them.
+        about the rest, ``"strict"`` refuses both, ``False`` skips them.  Ragged data
+        are checked per group of frames with the same atoms.
 
         Raises FileNotFoundError (no such file), DatasetError (a directory, an empty,
         truncated or non-.npz file, a missing or malformed array, invalid meta JSON,
@@ -337,10 +419,15 @@ class FrameSet:
             raise DatasetError(f"{path} lacks required array(s) {missing}; it holds {sorted(arrays)}")
         meta = _read_meta(path, arrays[K.META]) if K.META in arrays else {}
         fields = {}
-        for key in (K.POSITIONS, K.FORCES, K.CELL, K.ENERGY):
+        for key in (K.POSITIONS, K.FORCES, K.CELL, K.ENERGY, K.STRESS):
             if key in arrays:
                 fields[key] = _numeric(path, key, arrays[key])
         numbers = _numeric(path, K.NUMBERS, arrays[K.NUMBERS], kinds="iu")
+        ragged = {}
+        if K.N_ATOMS in arrays:
+            ragged["atom_counts"] = _numeric(path, K.N_ATOMS, arrays[K.N_ATOMS], kinds="iu")
+            if K.PBC in arrays:
+                ragged["pbc"] = _numeric(path, K.PBC, arrays[K.PBC], kinds="bui")
         parts = {
             key[len(K.FORCE_PART_PREFIX) :]: _numeric(path, key, value)
             for key, value in arrays.items()
@@ -355,50 +442,99 @@ class FrameSet:
                 energy=fields.get(K.ENERGY),
                 force_parts=parts,
                 meta=meta,
+                stress=fields.get(K.STRESS),
+                **ragged,
             )
         except (DatasetError, ValueError, TypeError) as err:
             raise DatasetError(f"{path}: {err}") from err
         if run_checks:
-            run_physics_checks(frames, source=path, strict=strict)
+            frames.check_physics(source=path, strict=strict)
         return frames
 
+    def check_physics(self, source=None, strict: bool = False) -> None:
+        """:func:`scalepool.data.check_physics` on this dataset (ragged: per group of equal frames)."""
+        if not self._ragged:
+            run_physics_checks(self, source=source, strict=strict)
+            return
+        for idx, group in self.groups():
+            where = f"{source} frames {_listing(idx)}" if source is not None else f"frames {_listing(idx)}"
+            run_physics_checks(group, source=where, strict=strict)
+
+    @classmethod
+    def from_atoms(
+        cls,
+        images,
+        energy_key: str | None = None,
+        forces_key: str | None = None,
+        stress_key: str | None = None,
+        source: str | os.PathLike | None = None,
+        ragged: bool | None = None,
+        stride: int = 1,
+    ) -> FrameSet:
+        """A FrameSet from ``ase.Atoms`` objects (labels looked up as in :func:`scalepool.data.read_frames`).
+
+        ``ragged=None`` gives the fixed layout when every frame holds the same atoms in the
+        same order with the same boundaries, else the ragged layout.  ``source`` names the
+        file in error messages (each also names the frame; frame ``i`` of ``images`` is frame
+        ``i * stride`` of the file).  Label keys: :func:`scalepool.data._atoms.atoms_fields`.
+        """
+        fields = atoms_fields(images, energy_key, forces_key, stress_key, source, ragged, stride)
+        try:
+            return cls(**fields)
+        except DatasetError as err:
+            raise DatasetError(f"{'atoms' if source is None else source}: {err}") from err
+
+    @classmethod
+    def concatenate(cls, framesets: list[FrameSet]) -> FrameSet:
+        """Frames of several FrameSets in order: fixed layout when every frame holds the same atoms and
+        boundaries (force parts kept where all have them), else ragged.  Meta of the first."""
+        if not framesets:
+            raise DatasetError("nothing to concatenate: no FrameSet given")
+        first = framesets[0]
+        energy = (
+            None
+            if any(f.energy is None for f in framesets)
+            else np.concatenate([f.energy for f in framesets])
+        )
+        stress = (
+            None
+            if any(f.stress is None for f in framesets)
+            else np.concatenate([f.stress for f in framesets])
+        )
+        fixed = all(not f.ragged for f in framesets) and all(
+            np.array_equal(f.numbers, first.numbers) and (f.cell is None) == (first.cell is None)
+            for f in framesets
+        )
+        if fixed:
+            parts = set.intersection(*(set(f.force_parts) for f in framesets))
+            return cls(
+                positions=np.concatenate([f.positions for f in framesets]),
+                forces=np.concatenate([f.forces for f in framesets]),
+                numbers=first.numbers.copy(),
+                cell=None if first.cell is None else np.concatenate([f.cell for f in framesets]),
+                energy=energy, stress=stress, meta=dict(first.meta),
+                force_parts={p: np.concatenate([f.force_parts[p] for f in framesets]) for p in sorted(parts)},
+            )  # fmt: skip
+        return cls(
+            positions=np.concatenate([f.positions_flat for f in framesets]),
+            forces=np.concatenate([f.forces_flat for f in framesets]),
+            numbers=np.concatenate([f.numbers_flat for f in framesets]),
+            atom_counts=np.concatenate([f.atom_counts for f in framesets]),
+            cell=np.concatenate([f.cells for f in framesets]),
+            pbc=np.concatenate([f.pbc for f in framesets]),
+            energy=energy, stress=stress, meta=dict(first.meta),
+        )  # fmt: skip
+
     def checksum(self) -> str:
-        """SHA-256 of positions, forces, numbers and cell (provenance of results)."""
+        """SHA-256 of positions, forces, numbers and cell (ragged: also atom counts and pbc)."""
         digest = hashlib.sha256()
-        for array in (self.positions, self.forces, self.numbers, self.cell):
+        extra = (self._counts, self._pbc) if self._ragged else ()
+        for array in (self._positions, self._forces, self._numbers, self._cell, *extra):
             if array is not None:
                 digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
 
-def time_block_split(
-    n_frames: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), gap: int = 0
-) -> dict[str, np.ndarray]:
-    """Split ``range(n_frames)`` into contiguous train/val/test blocks.
-
-    Blocks follow time order, separated by ``gap`` dropped frames, so frames that
-    are correlated in time never sit on both sides of a split.  Every block gets
-    at least one frame.
-    """
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
-    if gap < 0:
-        raise ValueError(f"gap must be >= 0, got {gap}")
-    usable = n_frames - 2 * gap
-    if usable < 3:
-        raise ValueError(f"{n_frames} frames cannot make three blocks with a gap of {gap}")
-    total = sum(fractions)
-    n_train = max(1, int(round(usable * fractions[0] / total)))
-    n_val = max(1, int(round(usable * fractions[1] / total)))
-    n_test = usable - n_train - n_val
-    if n_test < 1:
-        n_train -= 1 - n_test
-        n_test = 1
-    start_val = n_train + gap
-    start_test = start_val + n_val + gap
-    return {
-        "train": np.arange(0, n_train),
-        "val": np.arange(start_val, start_val + n_val),
-        "test": np.arange(start_test, start_test + n_test),
-    }
+def _listing(idx: np.ndarray, shown: int = 6) -> str:
+    text = ", ".join(str(int(i)) for i in idx[:shown])
+    return f"[{text}{', ...' if len(idx) > shown else ''}]"

@@ -13,7 +13,16 @@ trr        ``.trr``                 MDAnalysis  positions, forces, cell (single
                                                 precision); numbers via a topology
 h5md       ``.h5md``                MDAnalysis  as trr (units stored in the file);
                                                 needs the optional package h5py
+traj       ``.traj``                ASE         positions, cell, pbc, numbers and the
+                                                calculator's energy, forces, stress
+db         ``.db``                  ASE         as traj (one row per frame)
+vasp-out   ``OUTCAR*``              ASE         as traj (VASP OUTCAR, read only)
+vasp-xml   ``vasprun*.xml``         ASE         as traj (VASP vasprun.xml, read only)
 =========  =======================  ==========  ======================================
+
+ASE formats may hold frames that differ in atoms, species or boundaries (molecules
+beside periodic crystals): they are read into the ragged layout of
+:class:`FrameSet`; frames that all hold the same atoms keep the fixed layout.
 
 TRR and H5MD files hold no atom types, so they travel with a topology:
 :func:`write_frames` writes ``<stem>.pdb`` beside them (elements in the PDB
@@ -38,7 +47,6 @@ import numpy as np
 
 from .._files import atomic_paths, write_npz
 from ._frameset import DatasetError, FrameSet, NotAFileError
-from ._sanity import check_physics as run_physics_checks
 from ._sanity import resolve_check
 
 #: Readable formats and their file extensions.
@@ -50,6 +58,10 @@ SUPPORTED_READ: dict[str, tuple[str, ...]] = {
 }
 #: Writable formats and their file extensions (TRR and H5MD also write ``<stem>.pdb``).
 SUPPORTED_WRITE: dict[str, tuple[str, ...]] = dict(SUPPORTED_READ)
+SUPPORTED_READ.update({"traj": (".traj",), "db": (".db",), "vasp-out": ("OUTCAR",), "vasp-xml": (".xml",)})
+
+#: Formats read through ase.io.read (forces_key, energy_key and stress_key apply to these).
+_ASE_READ = ("extxyz", "traj", "db", "vasp-out", "vasp-xml")
 
 #: Formats whose atoms come from a separate topology file.
 _NEEDS_TOPOLOGY = ("trr", "h5md")
@@ -70,6 +82,8 @@ def _describe(table: dict[str, tuple[str, ...]]) -> str:
 def _resolve_format(path: Path, format: str | None, table: dict[str, tuple[str, ...]]) -> str:
     """The format name for ``path``: ``format`` when given, else from the extension."""
     key = (format or path.suffix).lower()
+    if format is None and path.name.upper().startswith("OUTCAR") and "vasp-out" in table:
+        return "vasp-out"
     for names, reason in _UNSUPPORTED.items():
         if key in names:
             raise DatasetError(f"{path}: {reason}. Supported: {_describe(table)}")
@@ -105,6 +119,7 @@ def read_frames(
     energy_key: str | None = None,
     stride: int = 1,
     check_physics: bool | str = True,
+    stress_key: str | None = None,
 ) -> FrameSet:
     """Read a trajectory with reference forces into a :class:`FrameSet` (Å, eV/Å, eV).
 
@@ -116,11 +131,16 @@ def read_frames(
         companion ``<stem>.pdb`` written by :func:`write_frames`.  Elements come
         from the topology, or are guessed from atom names/types (with a warning).
     format : override the extension: one of ``SUPPORTED_READ``.
-    forces_key : extxyz only: per-atom array (or calculator result) holding the
+    forces_key : ASE formats only: per-atom array (or calculator result) holding the
         forces in eV/Å.  Default: ``REF_forces``, then ``forces``, then the
-        calculator's forces.
-    energy_key : extxyz only: ``info`` key holding the energy in eV.  Default:
-        ``REF_energy``, then ``energy``, then the calculator's energy (or none).
+        calculator's forces.  A named key never falls back.
+    energy_key : ASE formats only: ``info`` key (or calculator result) holding the
+        energy in eV.  Default: ``REF_energy``, then ``energy``, then the
+        calculator's energy (or none).
+    stress_key : ASE formats only: ``info`` key (or calculator result) holding the
+        stress in eV/Å^3 (ASE sign, (3, 3), (9,) or Voigt (6,)).  Default:
+        ``REF_stress``, then ``stress``, then the calculator's, kept when every
+        frame is periodic and has one; a named key on an open frame is an error.
     stride : keep every ``stride``-th frame, starting with the first.
     check_physics : run the physical sanity checks (:func:`scalepool.data.check_physics`:
         close contacts, density, cell, force magnitudes) on the frames read:
@@ -150,8 +170,11 @@ def read_frames(
         raise DatasetError(f"{path} is empty (0 bytes)")
     if not isinstance(stride, (int, np.integer)) or isinstance(stride, bool) or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    if fmt != "extxyz" and (forces_key is not None or energy_key is not None):
-        raise ValueError(f"forces_key and energy_key apply to extxyz files only, not {fmt} ({path})")
+    if fmt not in _ASE_READ and (forces_key is not None or energy_key is not None or stress_key is not None):
+        raise ValueError(
+            f"forces_key, energy_key and stress_key apply to files read through ASE ({', '.join(_ASE_READ)}), "
+            f"not {fmt} ({path})"
+        )
     if fmt not in _NEEDS_TOPOLOGY and topology is not None:
         raise ValueError(
             f"topology applies to {' and '.join(_NEEDS_TOPOLOGY)} files only, not {fmt} ({path})"
@@ -160,11 +183,12 @@ def read_frames(
     if fmt == "npz":
         frames = FrameSet.load(path, check_physics=check_physics)
         return frames if stride == 1 else frames[::stride]
-    if fmt == "extxyz":
-        from ._io_ase import read_extxyz
+    if fmt in _ASE_READ:
+        from ._io_ase import read_ase
 
-        _refuse_binary_as_text(path)
-        frames = read_extxyz(path, forces_key=forces_key, energy_key=energy_key, stride=stride)
+        if fmt == "extxyz":
+            _refuse_binary_as_text(path)
+        frames = read_ase(path, fmt, forces_key, energy_key, stride, stress_key)
     else:
         if fmt == "h5md":
             _require_h5py(path)
@@ -181,7 +205,7 @@ def read_frames(
             raise NotAFileError(f"topology {topology} is a directory, not a topology file")
         frames = read_mda(path, Path(topology), fmt, stride=stride)
     if run_checks:
-        run_physics_checks(frames, source=path, strict=strict)
+        frames.check_physics(source=path, strict=strict)
     return frames
 
 
@@ -214,6 +238,11 @@ def write_frames(frameset: FrameSet, path: str | os.PathLike, format: str | None
         raise TypeError(f"write_frames expects a FrameSet, got {type(frameset).__name__}")
     path = Path(path)
     fmt = _resolve_format(path, format, SUPPORTED_WRITE)
+    if frameset.ragged and fmt not in ("npz", "extxyz"):
+        raise DatasetError(
+            f"cannot write {path}: {fmt} files hold the same atoms in every frame, and this dataset is ragged "
+            "(frames differ in atoms); write .npz or .extxyz"
+        )
     if path.is_dir():
         raise NotAFileError(f"cannot write {path}: it is a directory")
     if fmt == "npz":

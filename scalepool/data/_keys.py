@@ -11,6 +11,12 @@ CELL = "cell"  # (F, 3, 3) Å, rows are cell vectors
 NUMBERS = "numbers"  # (N,) atomic numbers
 ENERGY = "energy"  # (F,) eV, optional
 META = "meta"  # () JSON string: generator, parameters, versions, seed
+STRESS = "stress"  # (F, 3, 3) eV/Å^3, optional, periodic frames only
+
+# Ragged layout (frames differ in atoms): positions (T, 3), forces (T, 3), numbers (T,)
+# concatenated over frames; cell (F, 3, 3) with zero rows on open axes.
+N_ATOMS = "n_atoms"  # (F,) int, atoms of each frame; its presence marks the ragged layout
+PBC = "pbc"  # (F, 3) bool, periodic axes of each frame
 FORCE_PART_PREFIX = "forces_"  # forces_<part>: (F, N, 3) eV/Å, optional decomposition
 
 # Force parts of the NaCl testbed (OpenMM force groups).

@@ -16,10 +16,15 @@ def force_statistics(frames: FrameSet) -> pd.DataFrame:
     Returns a DataFrame indexed by species symbol (plus ``all``) with one
     column per part (``total`` and each entry of ``frames.force_parts``), in meV/Å.
     """
-    parts = {"total": frames.forces, **frames.force_parts}
+    numbers = frames.numbers_flat if frames.ragged else frames.numbers
+    parts = (
+        {"total": frames.forces_flat[None]}
+        if frames.ragged
+        else {"total": frames.forces, **frames.force_parts}
+    )
     rows = {}
-    groups = {chemical_symbols[z]: frames.numbers == z for z in np.unique(frames.numbers)}
-    groups["all"] = np.ones(frames.n_atoms, dtype=bool)
+    groups = {chemical_symbols[z]: numbers == z for z in np.unique(numbers)}
+    groups["all"] = np.ones(len(numbers), dtype=bool)
     for name, mask in groups.items():
         row = {}
         for part, forces in parts.items():
@@ -32,6 +37,8 @@ def force_statistics(frames: FrameSet) -> pd.DataFrame:
 
 def summarize(frames: FrameSet, close_cutoff: float = CLOSE_CONTACT_CUTOFF) -> dict:
     """Frames, atoms, species, box, force statistics and close-contact fraction."""
+    if frames.ragged:
+        return _summarize_ragged(frames)
     species = {chemical_symbols[z]: int((frames.numbers == z).sum()) for z in np.unique(frames.numbers)}
     summary = {
         "n_frames": frames.n_frames,
@@ -62,6 +69,24 @@ def summarize(frames: FrameSet, close_cutoff: float = CLOSE_CONTACT_CUTOFF) -> d
     return summary
 
 
+def _summarize_ragged(frames: FrameSet) -> dict:
+    """Frames, atoms per frame, species, boundaries and labels of a ragged dataset."""
+    numbers, counts = frames.numbers_flat, frames.atom_counts
+    periodic = frames.pbc.all(axis=1)
+    return {
+        "n_frames": frames.n_frames,
+        "layout": "ragged",
+        "n_atoms_total": frames.n_atoms_total,
+        "atoms_per_frame_min_max": [int(counts.min()), int(counts.max())],
+        "species": {chemical_symbols[z]: int((numbers == z).sum()) for z in np.unique(numbers)},
+        "periodic_frames": int(periodic.sum()),
+        "open_frames": int((~periodic).sum()),
+        "has_energy": frames.energy is not None,
+        "has_stress": frames.stress is not None,
+        "generator": frames.meta.get("generator", "unknown"),
+    }
+
+
 def _contact_pairs(frames: FrameSet) -> dict:
     """Na-Cl g(r) first peak and minimum, and the share of ions in a contact pair."""
     from ._rdf import contact_ion_mask, first_minimum, radial_distribution
@@ -71,7 +96,9 @@ def _contact_pairs(frames: FrameSet) -> dict:
     heights = np.abs(np.linalg.det(frames.cell)) / np.linalg.norm(
         np.cross(frames.cell[:, [1, 2, 0]], frames.cell[:, [2, 0, 1]]), axis=-1
     ).max(axis=-1)
-    r, g = radial_distribution(frames, SODIUM, CHLORINE, r_max=min(8.0, 0.5 * float(heights.min())), width=0.1)
+    r, g = radial_distribution(
+        frames, SODIUM, CHLORINE, r_max=min(8.0, 0.5 * float(heights.min())), width=0.1
+    )
     out = {"NaCl_rdf_first_peak_A": round(float(r[np.argmax(g)]), 3)}
     try:
         out["NaCl_rdf_first_minimum_A"] = round(first_minimum(r, g), 3)

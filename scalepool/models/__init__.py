@@ -1,4 +1,4 @@
-"""Force models: backbones (PaiNN, SchNet), branches (the :data:`BRANCHES` catalogue),
+"""Force models: backbones (PaiNN, SchNet; MACE and SO3krates through their packages), branches (the :data:`BRANCHES` catalogue),
 MuSE pooling, the deployable mixed model, batches and model files.
 
 Every model is a :class:`ForceModel`: ``model(batch)`` returns
@@ -41,6 +41,7 @@ from ._edge_ops import (
     outer_scatter,
 )
 from ._electrostatics import TESTBED_CHARGES, LatentChargeEwald, SwitchedCoulombPotential, quintic_switch
+from ._mace import MACEBackbone
 from ._mixed import DEFAULT_SPECIES, ROUTER_RADII, MixedForceModel, router_mlp, smooth_router_features
 from ._muse import MuSE
 from ._painn import PaiNN
@@ -48,6 +49,7 @@ from ._pooling import SoftAssignment, SoftCoarseGraining
 from ._radial import bessel_basis, cosine_cutoff, gaussian_basis, polynomial_cutoff
 from ._scatter import HAS_TORCH_SCATTER, scatter_sum
 from ._schnet import SchNet
+from ._so3krates import SO3kratesBackbone
 
 __all__ = [
     "AGGREGATIONS",
@@ -74,6 +76,8 @@ __all__ = [
     "ForceModel",
     "LatentChargeEwald",
     "LongRangeBranch",
+    "MACEBackbone",
+    "SO3kratesBackbone",
     "MuSE",
     "PaiNN",
     "SchNet",

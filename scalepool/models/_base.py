@@ -112,45 +112,67 @@ class ForceModel(nn.Module):
         return self.readout(batch, self.embed(batch))
 
     def forward(
-        self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None
+        self,
+        batch: AtomsBatch,
+        compute_forces: bool = True,
+        create_graph: bool | None = None,
+        compute_stress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energies and forces of every frame in ``batch``.
+        """Energies, forces and (optionally) stress of every frame in ``batch``.
 
         Parameters
         ----------
         batch : AtomsBatch in the model's dtype and device
         compute_forces : also return forces = -dE/dx (autograd)
-        create_graph : keep the graph of the forces so a force loss can be
-            back-propagated; defaults to ``self.training``
+        create_graph : keep the graph of the forces (and stress) so a loss on
+            them can be back-propagated; defaults to ``self.training``
+        compute_stress : also return ``stress`` = (1/V) dE/d eps and ``virial`` =
+            -dE/d eps, eps a symmetric strain applied to positions and cell
+            (:meth:`AtomsBatch.strained`); periodic frames only
 
         Returns
         -------
         ``{"energy": (n_frames,) eV, "forces": (n_atoms, 3) eV/Å,
-        "atomic_energies": (n_atoms,) eV}``; outputs are detached when called
-        under ``torch.no_grad()``.
+        "atomic_energies": (n_atoms,) eV}``, plus ``"stress": (n_frames, 3, 3)
+        eV/Å^3`` (ASE sign) and ``"virial": (n_frames, 3, 3) eV`` with
+        ``compute_stress``; outputs are detached when called under ``torch.no_grad()``.
         """
         check_batch(batch, self)
+        if compute_stress and batch.cell is None:
+            raise ValueError(
+                "stress needs periodic frames with a cell; this batch has open boundaries (cell None)"
+            )
         if create_graph is None:
             create_graph = self.training
         grad_wanted = torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad_wanted or compute_forces):
+        with torch.set_grad_enabled(grad_wanted or compute_forces or compute_stress):
             if compute_forces and not batch.positions.requires_grad:
                 batch = dataclasses.replace(batch, positions=batch.positions.detach().requires_grad_(True))
+            inputs = [batch.positions] if compute_forces else []
+            if compute_stress:
+                strain = batch.cell.new_zeros((batch.n_frames, 3, 3), requires_grad=True)
+                inputs.append(strain)
+                volume = torch.linalg.det(batch.cell).abs()
+                batch = batch.strained(strain)
             atomic = self.atomic_energies(batch)
             energy = scatter_sum(atomic, batch.frame_index, batch.n_frames)
             out = {K.ENERGY: energy, K.ATOMIC_ENERGIES: atomic}
-            if compute_forces:
+            if inputs:
+                grads = [None] * len(inputs)
                 if energy.requires_grad:
-                    (grad,) = torch.autograd.grad(
+                    grads = torch.autograd.grad(
                         energy.sum(),
-                        batch.positions,
+                        inputs,
                         create_graph=create_graph,
                         retain_graph=create_graph or grad_wanted,
                         allow_unused=True,
                     )
-                else:
-                    grad = None
-                out[K.FORCES] = torch.zeros_like(batch.positions) if grad is None else -grad
+                grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+                if compute_forces:
+                    out[K.FORCES] = -grads[0]
+                if compute_stress:
+                    out[K.VIRIAL] = -grads[-1]
+                    out[K.STRESS] = grads[-1] / volume[:, None, None]
         if not grad_wanted:
             out = {key: value.detach() for key, value in out.items()}
         return out
@@ -284,20 +306,28 @@ def fit_species_statistics(
     Returns ``{"shift": {Z: eV}, "scale": {Z: eV/Å}}`` for the species present.
     """
     idx = np.unique(np.linspace(0, frames.n_frames - 1, min(frames.n_frames, max_frames)).astype(int))
-    species, counts = np.unique(frames.numbers, return_counts=True)
+    ragged = getattr(frames, "ragged", False)  # frames differ in atoms: per-frame compositions
+    species, counts = np.unique(frames.numbers_flat if ragged else frames.numbers, return_counts=True)
     shift = np.zeros(N_SPECIES)
     if frames.energy is not None:
-        composition = np.tile(counts.astype(float), (len(idx), 1))
+        if ragged:
+            composition = frames.species_counts()[1][idx].astype(float)
+        else:
+            composition = np.tile(counts.astype(float), (len(idx), 1))
         solution, *_ = np.linalg.lstsq(composition, frames.energy[idx], rcond=None)
         shift[species] = solution
-    forces = frames.forces[idx].astype(np.float64)
+    atoms = frames.atom_index(idx) if ragged else None
+    forces = (frames.forces_flat[atoms] if ragged else frames.forces[idx]).astype(np.float64)
     global_rms = float(np.sqrt(np.mean(forces**2)))
     if not global_rms > 0:
         raise ValueError("all reference forces are zero: cannot set a force scale")
     scale = np.full(N_SPECIES, global_rms)
     if per_species_scale:
         for z in species:
-            scale[z] = float(np.sqrt(np.mean(forces[:, frames.numbers == z] ** 2)))
+            if ragged:
+                scale[z] = float(np.sqrt(np.mean(forces[frames.numbers_flat[atoms] == z] ** 2)))
+            else:
+                scale[z] = float(np.sqrt(np.mean(forces[:, frames.numbers == z] ** 2)))
     model.species_shift.copy_(torch.as_tensor(shift, dtype=model.species_shift.dtype))
     model.species_scale.copy_(torch.as_tensor(scale, dtype=model.species_scale.dtype))
     return {

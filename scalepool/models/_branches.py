@@ -19,11 +19,18 @@ import torch
 from ._base import Features, ForceModel, register_model
 from ._batch import AtomsBatch
 from ._electrostatics import LatentChargeEwald
+from ._mace import MACEBackbone
 from ._painn import PaiNN
 from ._schnet import SchNet
+from ._so3krates import SO3kratesBackbone
 
-#: Backbone names accepted by the branches.
-BACKBONES: dict[str, type[ForceModel]] = {"painn": PaiNN, "schnet": SchNet}
+#: Backbone names accepted by the branches (``mace`` and ``so3krates`` need their extras).
+BACKBONES: dict[str, type[ForceModel]] = {
+    "painn": PaiNN,
+    "schnet": SchNet,
+    "mace": MACEBackbone,
+    "so3krates": SO3kratesBackbone,
+}
 SHORT_CUTOFF = 4.5  # Å
 LONG_CUTOFF = 6.0  # Å
 

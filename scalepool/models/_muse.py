@@ -10,8 +10,20 @@
       └──readout──> E_i (eV)                                    (the backbone)
 
 The wrapper only uses the backbone's ``embed``/``readout`` interface, so it
-works with PaiNN (scalars and vectors) and with SchNet (scalars only: the
-coarse level then builds its own vectors from the centroid geometry).  Every
+works with any backbone of ``BACKBONES``.  What each level 1 pools:
+
+- PaiNN: its scalars (n, F) and its vectors (n, 3, F);
+- SchNet: scalars only (the coarse level builds its vectors from the
+  centroid geometry);
+- MACE: the ``0e`` channels of every layer (n, C * layers), and the ``1o``
+  channels (n, 3, C) of the last layer that has them, in (x, y, z) order
+  (``l >= 2`` channels are not pooled: the coarse level is PaiNN-style);
+- SO3krates: the invariant features (n, F) and the degree-1 block of its
+  Euclidean variables (n, 3, 1), permuted from (y, z, x) to (x, y, z)
+  (degrees >= 2 are not pooled).
+
+Pooling weights are invariant, so pooled vectors stay equivariant; the
+vector width a level expects is :func:`vector_width` of the backbone.  Every
 step is differentiable in positions, through ``S``, the centroids and the
 coarse edges, so forces are exact gradients and Hessians exist (the
 assignment envelope and the radial envelopes are C2).
@@ -41,7 +53,8 @@ from torch import nn
 from ..units import ION_NUMBERS
 from ._base import N_SPECIES, Features, ForceModel, build_model, register_model
 from ._batch import AtomsBatch
-from ._painn import PaiNN, PaiNNInteraction
+from ._edge_chunks import DEFAULT_EDGE_CHUNK
+from ._painn import PaiNN, PaiNNInteraction, _edge_chunk
 from ._pooling import SoftAssignment, SoftCoarseGraining
 from ._radial import radial_features
 
@@ -76,18 +89,34 @@ def _anchors_per_level(value, n_levels: int) -> list[list[int] | None]:
     return [None if a is None else [int(z) for z in a] for a in levels]
 
 
+def vector_width(model: ForceModel) -> int:
+    """Width of the vector features ``model.embed`` returns: the first ``n_vector_features``
+    found on the model or its ``backbone`` chain (MACE: its ``1o`` channels, SO3krates: 1),
+    else ``model.n_features`` (PaiNN's vectors are as wide as its scalars)."""
+    inner = model
+    while inner is not None:
+        if hasattr(inner, "n_vector_features"):
+            return int(inner.n_vector_features)
+        inner = getattr(inner, "backbone", None)
+    return int(model.n_features)
+
+
 class CoarseLevel(nn.Module):
     """One level: pool points to nodes, message passing among nodes, unpool back.
 
     Parameters
     ----------
-    n_in : width of the point features this level pools (and updates)
+    n_in : width of the point scalars this level pools (and updates)
     n_features : width F_c of the node features
     anchor_species, sigma (Å), assign_cutoff (Å), learnable_assignment,
     feature_score : see :class:`SoftCoarseGraining`
     coarse_cutoff : Å, range of the messages between nodes
     n_interactions : PaiNN-style blocks among nodes
     n_rbf : radial basis functions of the coarse edges
+    n_vector_in : width of the point vectors this level pools (default ``n_in``;
+        1 for SO3krates' single degree-1 channel)
+    edge_chunk : coarse edges per chunk of the recomputed edge pass (0: never
+        chunk), as in :class:`PaiNN`
     """
 
     def __init__(
@@ -102,8 +131,11 @@ class CoarseLevel(nn.Module):
         n_rbf: int = 16,
         learnable_assignment: bool = True,
         feature_score: bool = True,
+        n_vector_in: int | None = None,
+        edge_chunk: int = DEFAULT_EDGE_CHUNK,
     ):
         super().__init__()
+        self.edge_chunk = _edge_chunk(edge_chunk)
         if not coarse_cutoff > 0 or n_interactions < 1:
             raise ValueError(
                 f"coarse_cutoff must be > 0 Å and n_interactions >= 1, got {coarse_cutoff}, {n_interactions}"
@@ -114,7 +146,9 @@ class CoarseLevel(nn.Module):
         self.coarse_cutoff = float(coarse_cutoff)
         self.n_features, self.n_rbf = int(n_features), int(n_rbf)
         self.project_scalar = nn.Linear(n_in, n_features)
-        self.project_vector = nn.Linear(n_in, n_features, bias=False)
+        self.project_vector = nn.Linear(
+            n_in if n_vector_in is None else max(int(n_vector_in), 1), n_features, bias=False
+        )
         self.embedding = nn.Embedding(N_SPECIES, n_features)  # species of the seed
         self.mass = nn.Linear(1, n_features, bias=False)  # node mass m_k as a feature
         self.filters = nn.Linear(n_rbf, 3 * n_features * n_interactions, bias=False)
@@ -142,10 +176,15 @@ class CoarseLevel(nn.Module):
             return assignment, nodes, s, v
         pairs, shifts = nodes.neighbors(self.coarse_cutoff)
         vectors = nodes.edge_vectors(pairs, shifts)
+        weights = self.filters.weight.split(3 * self.n_features, dim=0)
+        if 0 < self.edge_chunk < pairs.shape[0]:
+            radial = (self.n_rbf, self.coarse_cutoff, "bessel", "polynomial")
+            for block, weight in zip(self.interactions, weights, strict=True):
+                s, v = block.forward_chunked(s, v, vectors, weight, pairs[:, 0], pairs[:, 1], radial, self.edge_chunk)
+            return assignment, nodes, s, v
         r = torch.linalg.vector_norm(vectors, dim=-1)
         unit = vectors / r.unsqueeze(-1)
         rbf = radial_features(r, self.n_rbf, self.coarse_cutoff, "bessel", "polynomial")
-        weights = self.filters.weight.split(3 * self.n_features, dim=0)
         for block, weight in zip(self.interactions, weights, strict=True):
             s, v = block(s, v, rbf, weight, unit, pairs[:, 0], pairs[:, 1])
         return assignment, nodes, s, v
@@ -178,6 +217,8 @@ class MuSE(ForceModel):
     n_rbf : radial functions of the coarse edges
     learnable_assignment : sigma and centre weights are parameters (True) or frozen
     feature_score : add a learned score of the seed's features to its centre weight
+    edge_chunk : coarse edges per chunk of the recomputed edge pass of every
+        level (default 65,536; 0: never chunk); memory and time only
 
     The species energy scale and shift are the backbone's (shared buffers), so
     :func:`fit_species_statistics` on the wrapper sets what the readout uses.
@@ -196,6 +237,7 @@ class MuSE(ForceModel):
         n_rbf: int = 16,
         learnable_assignment: bool = True,
         feature_score: bool = True,
+        edge_chunk: int = DEFAULT_EDGE_CHUNK,
     ):
         if backbone is None:
             backbone = PaiNN()
@@ -227,6 +269,7 @@ class MuSE(ForceModel):
                 n_rbf=int(n_rbf),
                 learnable_assignment=bool(learnable_assignment),
                 feature_score=bool(feature_score),
+                edge_chunk=_edge_chunk(edge_chunk),
             ),
         )
         self.backbone = backbone
@@ -244,6 +287,8 @@ class MuSE(ForceModel):
                 n_rbf,
                 learnable_assignment,
                 feature_score,
+                vector_width(backbone) if level == 0 else width,
+                edge_chunk,
             )
             for level in range(n_levels)
         )

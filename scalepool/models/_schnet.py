@@ -9,7 +9,10 @@ Filters are fused across blocks: the first filter layer
 ``h = ssp(rbf W_1 + b_1) * envelope(r)`` is computed once per edge and each
 block applies only a bias-free linear map ``W_l = h W_2^(l)``, so every filter
 vanishes smoothly at the cutoff.  Sums over edges use the chunked kernel
-:func:`gather_mul_scatter`.
+:func:`gather_mul_scatter`; with more edges than ``edge_chunk`` each block's
+edge pass (filter network and messages) runs through
+:func:`~scalepool.models._edge_chunks.chunked_edge_sum`, which recomputes
+chunks in backward instead of keeping per-edge intermediates.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import torch
 from torch import nn
 
 from ._base import AGGREGATIONS, Features, MessagePassingBackbone, register_model
+from ._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum
 from ._edge_ops import gather_mul_scatter
+from ._painn import _edge_chunk
 from ._radial import MLP, cutoff_envelope, radial_basis, shifted_softplus
 from ._scatter import scatter_sum
 
@@ -50,6 +55,42 @@ class SchNetInteraction(nn.Module):
             m = scatter_sum(msg, centers, s.shape[0], aggregation == "torch_scatter")
         return s + self.out(m)
 
+    def forward_chunked(
+        self,
+        s: torch.Tensor,
+        filter_params: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        vectors: torch.Tensor,
+        centers: torch.Tensor,
+        neighbors: torch.Tensor,
+        radial: tuple[int, float, str, str],
+        chunk: int,
+    ) -> torch.Tensor:
+        """The block with filters and messages computed per chunk of ``chunk`` edges.
+
+        s : (n, F); filter_params : first filter layer weight (F, n_rbf) and
+        bias (F,), this block's output map (F, F); vectors : (E, 3) Å;
+        radial : (n_rbf, cutoff Å, basis, envelope).  Returns (n, F).
+        """
+        x = self.into(s)
+        (m,) = chunked_edge_sum(
+            _FilterMessages(radial), list(filter_params), [(x, neighbors)], [vectors], centers, s.shape[0], chunk
+        )
+        return s + self.out(m)
+
+
+class _FilterMessages:
+    """Per-edge SchNet messages ``x_j * filter(r_ij)`` of one chunk, for :func:`chunked_edge_sum`."""
+
+    def __init__(self, radial: tuple[int, float, str, str]):
+        self.radial = radial
+
+    def __call__(self, w_in, b_in, w_out, x_j, vectors):
+        n_rbf, cutoff, basis, envelope = self.radial
+        r = torch.linalg.vector_norm(vectors, dim=-1)
+        hidden = shifted_softplus(nn.functional.linear(radial_basis(r, n_rbf, cutoff, basis), w_in, b_in))
+        hidden = hidden * cutoff_envelope(r, cutoff, envelope).unsqueeze(-1)
+        return (x_j * nn.functional.linear(hidden, w_out),)
+
 
 @register_model
 class SchNet(MessagePassingBackbone):
@@ -64,6 +105,8 @@ class SchNet(MessagePassingBackbone):
     radial_basis : ``"gaussian"`` (default, as in SchNet) or ``"bessel"``
     cutoff_function : ``"cosine"`` (default, as in SchNet) or ``"polynomial"``
     aggregation : ``"fused"`` (default), ``"index_add"`` or ``"torch_scatter"``
+    edge_chunk : edges per chunk of the recomputed edge pass (default 65,536);
+        graphs with more edges run chunked, ``0`` never chunks
     """
 
     def __init__(
@@ -75,8 +118,11 @@ class SchNet(MessagePassingBackbone):
         radial_basis: str = "gaussian",
         cutoff_function: str = "cosine",
         aggregation: str = "fused",
+        edge_chunk: int = DEFAULT_EDGE_CHUNK,
     ):
         super().__init__(cutoff, n_features, n_interactions, n_rbf, radial_basis, cutoff_function, aggregation)
+        self.edge_chunk = _edge_chunk(edge_chunk)
+        self.config["edge_chunk"] = self.edge_chunk
         F = self.n_features
         self.filter_in = nn.Linear(n_rbf, F)
         self.filter_out = nn.Linear(F, F * self.n_interactions, bias=False)
@@ -90,12 +136,19 @@ class SchNet(MessagePassingBackbone):
         pairs : (E, 2) int64, (i, j), both directions present
         """
         centers, neighbors = pairs[:, 0], pairs[:, 1]
+        weights = self.filter_out.weight.split(self.n_features, dim=0)
+        if 0 < self.edge_chunk < pairs.shape[0]:
+            radial = (self.n_rbf, self.cutoff, self.radial_basis, self.cutoff_function)
+            s = self.embedding(numbers)
+            for block, weight in zip(self.interactions, weights, strict=True):
+                params = (self.filter_in.weight, self.filter_in.bias, weight)
+                s = block.forward_chunked(s, params, vectors, centers, neighbors, radial, self.edge_chunk)
+            return Features(s, None)
         r = torch.linalg.vector_norm(vectors, dim=-1)
         rbf = radial_basis(r, self.n_rbf, self.cutoff, self.radial_basis)
         hidden = shifted_softplus(self.filter_in(rbf)) * cutoff_envelope(
             r, self.cutoff, self.cutoff_function
         ).unsqueeze(-1)
-        weights = self.filter_out.weight.split(self.n_features, dim=0)
         s = self.embedding(numbers)
         for block, weight in zip(self.interactions, weights, strict=True):
             filters = nn.functional.linear(hidden, weight)

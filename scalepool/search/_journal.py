@@ -106,10 +106,15 @@ class _SafeJournalFileBackend(JournalFileBackend):
     truncated away at once and raised as :class:`StorageWriteError`, and a torn tail left
     by a killed writer is removed before the next append."""
 
+    def __init__(self, file_path: str, lock_obj) -> None:
+        super().__init__(file_path, lock_obj=lock_obj)
+        # our own references: optuna's attributes for them are private
+        self.journal_path, self.journal_lock = str(file_path), lock_obj
+
     def append_logs(self, logs: list[dict]) -> None:
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
-        path = self._file_path
-        self._lock.acquire()
+        path = self.journal_path
+        self.journal_lock.acquire()
         try:
             size = _drop_torn_tail(path)
             try:
@@ -127,7 +132,7 @@ class _SafeJournalFileBackend(JournalFileBackend):
                     ) from err
                 raise
         finally:
-            self._lock.release()
+            self.journal_lock.release()
 
 
 def _append_bytes(path: str, data: bytes) -> None:

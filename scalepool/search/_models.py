@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ DEFAULT_SPACES = {
     "long": ("cutoff=float:6.0:12.0",),
     "muse": ("coarse_cutoff=float:6.0:14.0", "coarse_nodes=cat:ions,heavy"),
 }
+#: Trial user attribute: the host whose disk holds the trial's run folder.
+HOST_ATTR = "host"
 #: ``coarse_nodes`` choices: the species that seed MuSE's coarse nodes (so their number:
 #: one per ion, or one per heavy atom), passed on as ``anchor_species``.
 COARSE_NODES = {"ions": [11, 17], "oxygen": [8], "heavy": [8, 11, 17]}
@@ -148,6 +151,7 @@ class ModelSearch:
         params = suggest(trial, self.space)
         run_dir = self.run_dir(params)
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr(HOST_ATTR, socket.gethostname())
         model = self.make_model(params)
         start, reported = time.perf_counter(), 0
         result = None
@@ -186,6 +190,15 @@ class ModelSearch:
 
         best = study.best_trial
         source = Path(best.user_attrs["run_dir"])
+        if not (source / "best.pt").is_file():
+            host = best.user_attrs.get(HOST_ATTR, "an unknown host")
+            here = socket.gethostname()
+            where = "this host" if host == here else f"host {host} (this is {here})"
+            raise FileNotFoundError(
+                f"the best trial ({best.number} of study '{study.study_name}') ran on {where}, but its run "
+                f"folder {source} is not here (no best.pt); a shared filesystem is required: give every "
+                "worker of a model search the same --out on storage all hosts mount"
+            )
         target = self.out / "best"
         if target.exists():
             shutil.rmtree(target)
@@ -224,6 +237,8 @@ def search_models(
     fixed: dict | None = None,
     train_options: dict | None = None,
     max_minutes: float | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> dict:
     """Run (or resume) a model-scale search; writes ``best.json``, ``trials.csv``,
     ``importances.csv`` and the best run under ``out``.
@@ -231,12 +246,15 @@ def search_models(
     ``data`` is a dataset path or a FrameSet; ``space`` a list of spec strings
     (default :data:`DEFAULT_SPACES[branch]`); the pruner defaults to a median
     pruner that waits for 2 finished trials and 1 epoch.  A study created on
-    another dataset is refused (:class:`StudyDataMismatch`).
+    another dataset is refused (:class:`StudyDataMismatch`).  ``heartbeat_interval``
+    and ``grace_period`` (s) set RDB heartbeats (:func:`open_storage`).  Workers on
+    several hosts need a shared ``out``: the worker that ends the search copies the
+    best trial's run, wherever it ran (a clear error names that host otherwise).
     """
     from .._files import write_json
     from ..data import FrameSet
     from ._optimize import optimize
-    from ._run import export_study, make_sampler, quiet_optuna
+    from ._run import _has_heartbeat, export_study, make_sampler, quiet_optuna
     from ._storage import bind_study_data, finished, open_results, open_storage
 
     quiet_optuna()
@@ -249,11 +267,13 @@ def search_models(
     search = ModelSearch(data, branch, out, parse_space(specs), epochs, build, fixed, train_options,
                          max_minutes, seed, data_path)  # fmt: skip
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    study = open_results(open_storage(storage), study_name or f"models-{branch}", pruner=pruner)
+    opened = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = open_results(opened, study_name or f"models-{branch}", pruner=pruner)
     bind_study_data(study, data.checksum(), f"dataset {data_path}" if data_path else "a dataset")
     study.sampler = make_sampler(seed, study, worker)
     start = time.perf_counter()
-    ran = optimize(study, search, n_trials, timeout)
+    ran = optimize(study, search, n_trials, timeout, storage=storage,
+                   heartbeat=_has_heartbeat(storage, heartbeat_interval))  # fmt: skip
     record = search.save_best(study)
     record.update(n_finished=finished(study), n_this_call=ran, seconds_this_call=time.perf_counter() - start,
                   study_name=study.study_name, space=list(specs), epochs=epochs, seed=seed)  # fmt: skip

@@ -18,22 +18,18 @@ from optuna.trial import TrialState
 
 from . import _storage  # worker_id looked up at call time (tests stand in a dead worker)
 from ._journal import StorageWriteError
-from ._storage import WORKER_ATTR, _is_lock_error, _retry, finished, recover_dead_trials
+from ._storage import WORKER_ATTR, _is_lock_error, _retry, finished, recover_dead_trials, storage_kind
 
 
 def _storage_key(storage) -> str | None:
-    """The file or URL behind an optuna storage (through optuna's caching wrapper), or ``None``."""
-    for _ in range(3):
-        if storage is None:
-            return None
-        url = getattr(storage, "url", None)
-        if isinstance(url, str):
-            return url
-        path = getattr(storage, "_file_path", None)
-        if isinstance(path, str):
-            return str(Path(path).resolve())
-        storage = getattr(storage, "_backend", None)
-    return None
+    """The file or URL of a storage specification (:func:`open_storage`'s argument), or ``None``
+    for an in-memory storage or a storage object."""
+    if not isinstance(storage, (str, os.PathLike)):
+        return None
+    kind, target = storage_kind(storage)
+    if kind == "sqlite" and target.endswith(":memory:"):
+        return None
+    return str(Path(target).resolve()) if kind == "journal" else target
 
 
 class _ReservationLock:
@@ -44,8 +40,8 @@ class _ReservationLock:
     in-memory storage it does nothing.
     """
 
-    def __init__(self, study: optuna.Study):
-        key = _storage_key(study._storage)
+    def __init__(self, study: optuna.Study, storage=None):
+        key = _storage_key(storage)
         self._path = None
         if key is not None:
             digest = hashlib.sha256(f"{key}\0{study.study_name}".encode()).hexdigest()[:20]
@@ -111,7 +107,21 @@ class _HideStorageWriteTracebacks(logging.Filter):
         return not (record.exc_info and _storage_write_error(record.exc_info[1]) is not None)
 
 
-_OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+def _optuna_handlers() -> list[logging.Handler]:
+    """The handlers that print optuna's log records (optuna's own, or the root's when optuna
+    propagates): filters on a handler see the records of every optuna module."""
+    optuna_logger = logging.getLogger("optuna")
+    return list(optuna_logger.handlers) + (
+        list(logging.getLogger().handlers) if optuna_logger.propagate else []
+    )
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """optuna's heartbeat check: fail RUNNING trials silent for the grace period and queue
+    them again (the storage's retry callback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def optimize(
@@ -122,6 +132,8 @@ def optimize(
     catch: tuple = (),
     callbacks: list | None = None,
     progress: bool = False,
+    storage: str | os.PathLike | None = None,
+    heartbeat: bool | None = None,
 ) -> int:
     """Run trials until the study holds ``n_trials`` finished (COMPLETE or PRUNED)
     trials in total, or ``timeout`` seconds pass; returns the trials **this call** finished.
@@ -134,18 +146,30 @@ def optimize(
     server may still overshoot by one trial per machine).  Lock errors of a shared
     SQLite file are retried; a trial they interrupt is failed and its parameters
     queued again.  A failed storage write raises :class:`StorageWriteError`.
+
+    ``storage`` is the specification the study's storage was opened from
+    (:func:`open_storage`): it names the reservation lock; without it (an
+    in-memory study) trials are not reserved across processes.  ``heartbeat``
+    says whether that storage has RDB heartbeats (default: for database servers,
+    as :func:`open_storage`); then trials of workers on other machines are failed
+    and queued again by optuna's heartbeat callback, and trials that never got
+    their worker tag are left to it.
     """
     import sqlalchemy.exc
 
     start = time.monotonic()
     me = _storage.worker_id()
-    lock = _ReservationLock(study)
+    lock = _ReservationLock(study, storage)
+    if heartbeat is None:
+        heartbeat = storage is not None and storage_kind(storage)[0] == "rdb"
     # Under the lock, a RUNNING trial without a worker is one whose worker died between
     # creating and tagging it (every worker tags its trial before it releases the lock).
     # With RDB heartbeats (workers on several machines) the heartbeat handles those.
-    ownerless = lock.shared and getattr(study._storage, "get_heartbeat_interval", lambda: None)() is None
+    ownerless = lock.shared and not heartbeat
     lock.acquire()
     try:
+        if heartbeat:
+            _fail_stale_trials(study)
         recover_dead_trials(study, include_ownerless=ownerless)
     finally:
         lock.release()
@@ -164,9 +188,8 @@ def optimize(
         done, running = _done_and_running(study)
         if done < n_trials <= done + running:
             # running trials of dead workers do not count: fail (and queue) them first
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # RDB heartbeats; no-op otherwise
+            if heartbeat:
+                _fail_stale_trials(study)
             recover_dead_trials(study, include_ownerless=ownerless)
             done, running = _done_and_running(study)
         # stop at the target (counting the trials other workers are running), or when
@@ -178,7 +201,7 @@ def optimize(
 
     def wrapped(trial: optuna.Trial) -> float:
         try:
-            study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, me)
+            trial.set_user_attr(WORKER_ATTR, me)
         finally:
             lock.release()  # the trial exists (RUNNING) and is tagged: the others count it from now on
         return objective(trial)
@@ -195,7 +218,9 @@ def optimize(
             study.stop()
 
     hide = _HideStorageWriteTracebacks()
-    logging.getLogger(_OPTUNA_TRIAL_LOGGER).addFilter(hide)
+    handlers = _optuna_handlers()
+    for handler in handlers:
+        handler.addFilter(hide)
     try:
         while True:
             remaining = None if timeout is None else timeout - (time.monotonic() - start)
@@ -222,7 +247,8 @@ def optimize(
             finally:
                 lock.release()
     finally:
-        logging.getLogger(_OPTUNA_TRIAL_LOGGER).removeFilter(hide)
+        for handler in handlers:
+            handler.removeFilter(hide)
         if bar is not None:
             bar.close()
     return mine["finished"]

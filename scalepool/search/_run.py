@@ -67,6 +67,14 @@ def importance_evaluator():
     return "fANOVA", optuna.importance.FanovaImportanceEvaluator(seed=0)
 
 
+def _has_heartbeat(storage, heartbeat_interval: int | None) -> bool:
+    """Whether :func:`open_storage` turns heartbeats on for these arguments."""
+    from ._storage import storage_kind
+
+    kind = storage_kind(storage)[0] if isinstance(storage, (str, os.PathLike)) else None
+    return bool(heartbeat_interval) or (heartbeat_interval is None and kind == "rdb")
+
+
 def cache_checksum(cache) -> str:
     """SHA-256 of a prediction cache's content: reference and branch forces, anchors,
     atoms, positions, cells and splits (the file's compression and meta do not count)."""
@@ -105,6 +113,8 @@ def search_scales(
     max_router_steps: int = 400,
     device: str = "cpu",
     progress: bool = False,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> dict:
     """Run (or resume) a fast scale search on a cache and re-run its best trial on test.
 
@@ -117,6 +127,7 @@ def search_scales(
         runs only the missing ones); ``None`` with a ``timeout`` runs until then
     seed, worker : sampler seed (see :func:`sampler_seed`)
     out : folder for ``best.json``, ``trials.csv`` and ``importances.csv``
+    heartbeat_interval, grace_period : RDB heartbeats in seconds (:func:`open_storage`)
 
     Returns the best-trial record (``evaluate`` of :class:`ScaleSearch`) with
     the trial count and the trials per minute of this call (``n_this_call`` counts
@@ -138,12 +149,14 @@ def search_scales(
         seed=seed,
         device=device,
     )
-    study = open_results(open_storage(storage), study_name or f"scales-{space}")
+    opened = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    study = open_results(opened, study_name or f"scales-{space}")
     source = f"prediction cache {pred}" if not isinstance(pred, PredictionCache) else "a prediction cache"
     bind_study_data(study, cache_checksum(cache), source)
     study.sampler = make_sampler(seed, study, worker)
     start = time.perf_counter()
-    ran = optimize(study, search, n_trials, timeout, progress=progress)
+    ran = optimize(study, search, n_trials, timeout, progress=progress, storage=storage,
+                   heartbeat=_has_heartbeat(storage, heartbeat_interval))  # fmt: skip
     elapsed = time.perf_counter() - start
     record = search.evaluate(study.best_params)
     record.update(

@@ -10,11 +10,15 @@ Storage specifications (:func:`open_storage`):
 - a path ending in ``.log``/``.journal``/``.jsonl`` or ``journal:///path``: a
   journal file (:class:`optuna.storages.JournalStorage`), the recommended
   backend for parallel workers on one machine;
-- any other URL (``postgresql://...``, ``mysql://...``): an RDB server, for
-  workers on several machines, with heartbeats: a trial whose worker stopped
-  beating is failed and queued again.
+- any other URL (``postgresql+psycopg://user@host:port/db``, ``mysql://...``):
+  an RDB server, for workers on several machines, with heartbeats: a trial
+  whose worker stopped beating is failed and queued again
+  (``RetryHeartbeatStaleTrialCallback``).  Connections are checked before use
+  (``pool_pre_ping``): a server that dropped an idle connection during a long
+  model trial does not fail the trial's report (optuna issue #5600).  A plain
+  ``postgresql://`` URL uses psycopg 3 when psycopg2 is not installed.
 
-Every trial records its worker (``host:pid``) as a system attribute; a new
+Every trial records its worker (``host:pid``) as a user attribute; a new
 worker fails the RUNNING trials of dead processes on its host and queues their
 parameters again (:func:`recover_dead_trials`), so a search killed with
 SIGKILL resumes without waiting for a heartbeat and without losing a finished
@@ -48,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileOpenLock
 from optuna.trial import TrialState
 
@@ -62,8 +66,8 @@ DATA_SOURCE_ATTR = "scalepool_data_source"
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _LOCK_ERRORS = ("database is locked", "database table is locked", "unable to open database")
-
-
+#: Default heartbeat of database servers (seconds); a trial silent for twice as long is stale.
+RDB_HEARTBEAT_INTERVAL = 10
 
 
 class StudyDataMismatch(ValueError):
@@ -71,7 +75,31 @@ class StudyDataMismatch(ValueError):
 
 
 def worker_id() -> str:
+    """``host:pid`` of this process, recorded in each trial's ``WORKER_ATTR`` user attribute."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _retry_callback(max_retry: int | None):
+    """``(keyword, callback)`` for :class:`RDBStorage`: optuna's retry of heartbeat-stale
+    trials (``RetryHeartbeatStaleTrialCallback`` since optuna 4.9, ``RetryFailedTrialCallback``
+    before)."""
+    new = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if new is not None:
+        return "heartbeat_stale_trial_callback", new(max_retry=max_retry)
+    return "failed_trial_callback", optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+
+
+def _rdb_url(url: str) -> str:
+    """``postgresql://`` (psycopg2 by default in SQLAlchemy) as ``postgresql+psycopg://`` when only
+    psycopg 3 is installed (the ``postgres`` extra)."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return f"postgresql+psycopg{sep}{rest}"
+    return url
 
 
 def storage_kind(spec: str | os.PathLike) -> tuple[str, str]:
@@ -157,7 +185,10 @@ def open_storage(
         up to ``max_retry`` times, queued again.  Default: 10 s for database
         servers (workers on several machines), off for SQLite, whose workers
         share one machine and are recovered by process id at once (heartbeats
-        cost about a quarter of a fast trial's time)
+        cost about a quarter of a fast trial's time); 0 turns them off
+
+    Every RDB engine (SQLite included) checks a pooled connection before using it
+    (SQLAlchemy ``pool_pre_ping``).
     """
     kind, target = storage_kind(spec)
     if kind == "journal":
@@ -170,20 +201,28 @@ def open_storage(
             return JournalStorage(_SafeJournalFileBackend(target, lock_obj=lock))
         except ValueError as err:  # optuna's replay of a record it cannot parse
             raise JournalCorruptError(f"{target}: the optuna journal cannot be read: {err}") from err
-    engine_kwargs = {}
+    engine_kwargs: dict = {"pool_pre_ping": True}
     if kind == "sqlite" and str(_sqlite_path(target)) not in ("", ":memory:"):
         _sqlite_path(target).parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"creator": _sqlite_connector(target, timeout)}
+        engine_kwargs["creator"] = _sqlite_connector(target, timeout)
+    if kind == "rdb":
+        target = _rdb_url(target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         heartbeat = {}
         if heartbeat_interval is None and kind == "rdb":
-            heartbeat_interval = 10
+            heartbeat_interval = RDB_HEARTBEAT_INTERVAL
         if heartbeat_interval:
+            if heartbeat_interval < 1 or (grace_period is not None and grace_period <= heartbeat_interval):
+                raise ValueError(
+                    f"heartbeat interval must be >= 1 s and the grace period above it, got interval "
+                    f"{heartbeat_interval} s and grace period {grace_period} s"
+                )
+            keyword, callback = _retry_callback(max_retry)
             heartbeat = {
                 "heartbeat_interval": int(heartbeat_interval),
                 "grace_period": int(grace_period or 2 * heartbeat_interval),
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                keyword: callback,
             }
         return _retry(lambda: RDBStorage(target, engine_kwargs=engine_kwargs, **heartbeat))
 
@@ -238,10 +277,10 @@ def bind_study_data(study: optuna.Study, checksum: str, source: str) -> None:
         _retry(lambda: study.set_user_attr(DATA_CHECKSUM_ATTR, checksum), what="study attributes")
         _retry(lambda: study.set_user_attr(DATA_SOURCE_ATTR, str(source)), what="study attributes")
         # two workers on different data may create the study together: the last write wins,
-        # and the other one sees it here
-        recorded = study._storage.get_study_user_attrs(study._study_id).get(DATA_CHECKSUM_ATTR)
+        # and the other one sees it here (``user_attrs`` reads the storage again)
+        recorded = study.user_attrs.get(DATA_CHECKSUM_ATTR)
     if recorded != checksum:
-        other = study._storage.get_study_user_attrs(study._study_id).get(DATA_SOURCE_ATTR, "unknown data")
+        other = study.user_attrs.get(DATA_SOURCE_ATTR, "unknown data")
         raise StudyDataMismatch(
             f"study '{study.study_name}' was created for other data: {other} (checksum {recorded}), "
             f"but this search runs on {source} (checksum {checksum}); its {finished(study)} finished trials "
@@ -278,7 +317,7 @@ def recover_dead_trials(
     host, me = socket.gethostname(), os.getpid()
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.system_attrs.get(WORKER_ATTR)
+        owner = trial_worker(trial)
         if not owner:
             if not include_ownerless:
                 continue
@@ -290,13 +329,20 @@ def recover_dead_trials(
             if (pid == me and not include_own) or (pid != me and _pid_alive(pid)):
                 continue
         try:
-            failed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            study.tell(trial.number, state=TrialState.FAIL)
+            failed = True
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             failed = False  # finished or failed meanwhile (a heartbeat or another worker)
         if failed:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
             recovered.append(trial.number)
     return recovered
+
+
+def trial_worker(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The ``host:pid`` that ran a trial (a user attribute; a system attribute in studies
+    written by earlier scalepool versions), or ``None`` for a trial not yet tagged."""
+    return trial.user_attrs.get(WORKER_ATTR) or trial.system_attrs.get(WORKER_ATTR)
 
 
 def finished(study: optuna.Study) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from ..provenance import is_complete
 from ..scales import SCALE_FIELDS, ScaleSettings
 from . import (
+    _backbone_study,
     _branch_comparison,
     _deployable_study,
     _generator_swap,
@@ -36,6 +37,7 @@ STUDIES: dict[str, Study] = {
         _generator_swap,
         _search_study,
         _hessian_study,
+        _backbone_study,
     )
 }
 
@@ -68,6 +70,8 @@ def add_study_arguments(parser: argparse.ArgumentParser, study: Study) -> None:
         parser.add_argument(
             "--run", required=True, type=Path, action="append", help="run directory or model file; repeatable"
         )
+    elif study.inputs == "data":  # the study trains its own models
+        parser.add_argument("--data", required=True, type=Path, help="dataset .npz the study trains on")
     else:
         parser.add_argument(
             "--pred",
@@ -130,6 +134,8 @@ def run_study(
     if study.inputs == "runs":  # (dataset, runs): the dataset's checksum is the recorded input
         data, runs = preds
         preds, files = (Path(data), [Path(r) for r in runs]), [Path(data)]
+    elif study.inputs == "data":  # one dataset .npz
+        preds = files = [Path(preds)]
     else:
         preds = files = [Path(p) for p in ([preds] if isinstance(preds, (str, Path)) else preds)]
     out = Path(out)
@@ -146,7 +152,11 @@ def run_study_from_args(study: Study, args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     overrides = {key: getattr(args, key) for key in study.options}
-    inputs = (args.data, args.run) if study.inputs == "runs" else args.pred
+    inputs = args.pred
+    if study.inputs == "runs":
+        inputs = (args.data, args.run)
+    elif study.inputs == "data":
+        inputs = args.data
     start = time.perf_counter()
     try:
         out, ran = run_study(

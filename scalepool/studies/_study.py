@@ -41,6 +41,7 @@ class Study:
     quick_seeds: tuple[int, ...] | None = None
     #: what the study reads: ``"pred"`` (prediction caches, ``--pred``) or ``"runs"`` (a
     #: dataset and trained runs, ``--data`` and ``--run``; ``run`` then gets ``(data, runs)``)
+    #: or ``"data"`` (one dataset, ``--data``, for studies that train their own models)
     inputs: str = "pred"
 
     def defaults(self, quick: bool = False) -> dict[str, Any]:

@@ -26,35 +26,42 @@ fires the run ends *incomplete* (``TrainResult.complete`` is False) and a later
 call continues it to the same end as an uninterrupted run; when it does not
 fire it changes nothing.  Wall time is recorded (``elapsed_s``) but decides
 nothing else: validation runs after every epoch, whatever the clock says.
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) the same call trains data-parallel
+with DistributedDataParallel: every rank takes its shard of each batch and of
+the validation frames, and rank 0 alone writes the run folder
+(:mod:`._distributed` says how K ranks compute what one process computes).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .._files import canonical_json
 from ..data import FrameSet
-from ..models import AtomsBatch, branch_name
+from ..models import branch_name
 from . import _model_io
+from ._board import Board, check_tensorboard
 from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, NonFiniteError, TrainError, resolve_device
+from ._distributed import Ranks, check_shards, evaluate_sharded, init_ranks
+from ._folder import open_run_folder
+from ._objective import BatchLoss, check_stress_labels
 from ._predict import evaluate_forces
-from ._run_config import is_own_attempt, record_result, write_run_config
+from ._run_config import record_result, write_run_config
 from ._settings import TrainSettings, epoch_batches, steps_per_epoch
 from ._state import (
     Progress,
+    TrainResult,
     check_finite_model,
-    check_resumable,
     history_frame,
     kept_note,
-    load_checkpoint,
     non_finite_error,
     rng_state,
     save_checkpoint,
@@ -62,40 +69,6 @@ from ._state import (
     write_history,
     writing,
 )
-
-#: The files of a run directory, in the order an error message lists them.
-RUN_FILES = (CHECKPOINT, BEST, LAST, HISTORY, CONFIG)
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What a :func:`train` call ended with.
-
-    ``stop_reason`` is ``"completed"`` (all epochs done), ``"early_stopping"``
-    (``patience`` epochs without a better validation force MAE) or
-    ``"time_budget"`` (the ``max_minutes`` safety stop fired: the run is
-    incomplete; call ``train`` again to go on).  ``steps`` counts the optimiser
-    steps applied over all sessions (the run's compute, independent of the
-    machine).
-    """
-
-    out_dir: Path
-    best_path: Path
-    last_path: Path
-    history: pd.DataFrame  # columns HISTORY_COLUMNS, one row per completed epoch
-    best_epoch: int | None  # 1-based; None before the first validation
-    best_val_force_mae: float  # meV/Å, inf before the first validation
-    epochs_completed: int
-    stop_reason: str
-    elapsed_s: float  # training time over all sessions
-    resumed: bool
-    steps: int = 0  # optimiser steps over all sessions
-    steps_per_epoch: int = 0
-
-    @property
-    def complete(self) -> bool:
-        """False only when the safety stop ended the run (finished and early-stopped runs are complete)."""
-        return self.stop_reason != "time_budget"
 
 
 def train(
@@ -123,11 +96,14 @@ def train(
     seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
+    split_mode: str = "time",
+    stress_weight: float = 0.0,
     resume: bool | None = None,
     overwrite: bool = False,
     branch: str | None = None,
     data_path: str | os.PathLike | None = None,
     progress: bool = True,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``model`` on the training block of ``frames``; see the module docstring.
 
@@ -135,8 +111,9 @@ def train(
     ----------
     model : a ForceModel (``cutoff``, ``config``, ``forward(batch) -> {"energy",
         "forces", ...}`` in eV and eV/Å); trained in place and left on ``device``
-    frames : the whole dataset; split in time blocks by ``split_fractions`` and
-        ``split_gap`` (:meth:`FrameSet.split_indices`)
+    frames : the whole dataset (fixed or ragged layout); split in time blocks by
+        ``split_fractions`` and ``split_gap`` (:meth:`FrameSet.split_indices`), or
+        at random (seeded by ``seed``) with ``split_mode="random"``
     out_dir : run directory (created); resumed when it holds a checkpoint
     epochs : total number of epochs of the run (a resumed run counts the epochs
         already done; a larger value extends a finished run)
@@ -151,6 +128,9 @@ def train(
         force components in eV/Å
     energy_weight : weight of the same loss on per-atom energies (eV/atom);
         used only when ``frames.energy`` exists
+    stress_weight : weight of the same loss on stress components (eV/Å^3, ASE sign, from
+        ``model(batch, compute_stress=True)``); 0 (default) turns it off; above 0 every frame
+        must be periodic and ``frames.stress`` present, else :class:`TrainError`
     patience : stop after this many epochs without a lower validation force
         MAE (``None``: never)
     scheduler : ``"plateau"`` (ReduceLROnPlateau on the validation force MAE:
@@ -176,7 +156,13 @@ def train(
         :func:`predict_cache` as ``forces_<branch>``; default
         :func:`scalepool.models.branch_name` (``short``/``long``/``muse`` for the catalogue's branches)
     data_path : dataset file, recorded in ``config.json``
-    progress : show a tqdm progress bar
+    progress : show a tqdm progress bar (rank 0 only)
+    tensorboard : also write the history's scalars to ``out_dir/tensorboard`` (needs the
+        ``tensorboard`` package; rank 0 only)
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment, or a process group the caller
+    initialised) every rank calls ``train`` with the same arguments; ``batch_size`` is the global
+    batch, split over the ranks.  ``cuda`` means ``cuda:LOCAL_RANK``.
 
     Returns
     -------
@@ -195,7 +181,7 @@ def train(
         loss=loss, huber_delta=huber_delta, energy_weight=energy_weight, split_fractions=split_fractions,
         split_gap=split_gap, patience=patience, scheduler=scheduler, lr_factor=lr_factor,
         lr_patience=lr_patience, min_lr=min_lr, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
-        seed=seed, dtype=dtype,
+        seed=seed, dtype=dtype, split_mode=split_mode, stress_weight=stress_weight,
     )  # fmt: skip
     if not isinstance(frames, FrameSet):
         raise TrainError(f"frames must be a FrameSet, got {type(frames).__name__}")
@@ -204,19 +190,36 @@ def train(
             raise TrainError(
                 f"model {type(model).__name__} has no '{attribute}' attribute (ForceModel interface)"
             )
-    session = _Session(model, frames, Path(out_dir), settings, resolve_device(device), branch, progress)
-    session.start(resume, data_path, overwrite)
-    return session.run()
+    check_stress_labels(frames, settings.stress_weight)
+    if tensorboard:
+        check_tensorboard()
+    ranks, device = init_ranks(resolve_device(device))
+    clean = False
+    try:
+        session = _Session(model, frames, Path(out_dir), settings, device, branch, progress, ranks)
+        check_shards(ranks, len(session.split["train"]), settings.batch_size)
+        session.start(resume, data_path, overwrite, tensorboard)
+        try:
+            result = session.run()
+        finally:
+            if session.board is not None:
+                session.board.close()
+        clean = True
+        return result
+    finally:
+        ranks.close(clean)
 
 
 class _Session:
     """One call of :func:`train`: builds or restores the state, runs epochs, writes files."""
 
-    def __init__(self, model, frames, out, settings, device, branch, progress):
+    def __init__(self, model, frames, out, settings, device, branch, progress, ranks: Ranks):
         self.start_time = time.perf_counter()
         self.model, self.frames, self.out, self.s, self.device = model, frames, out, settings, device
         self.dtype = settings.torch_dtype
-        self.progress = progress
+        self.ranks = ranks
+        self.progress = progress and ranks.main
+        self.board: Board | None = None
         self.paths = {name: out / name for name in (CHECKPOINT, BEST, LAST, HISTORY, CONFIG)}
         config = canonical_json(model.config)
         self.branch = branch or branch_name(config)
@@ -224,53 +227,25 @@ class _Session:
             raise TrainError(
                 f"branch name must be an identifier (used as forces_<branch>), got {self.branch!r}"
             )
-        self.split = frames.split_indices(settings.split_fractions, settings.split_gap)
+        self.split = frames.split_indices(
+            settings.split_fractions, settings.split_gap, settings.split_mode, settings.seed
+        )
         self.request = settings.request(self.branch, config)
         self.checksum = frames.checksum()
         self.use_energy = frames.energy is not None and settings.energy_weight > 0
-        self.loss_fn = settings.loss_function()
 
     # ---------------------------------------------------------------- setup
-    def start(self, resume: bool | None, data_path, overwrite: bool = False) -> None:
-        """Fresh run (species statistics, seed) or restore every state from the checkpoint."""
+    def start(self, resume: bool | None, data_path, overwrite: bool = False, tensorboard: bool = False) -> None:
+        """Fresh run (species statistics, seed) or restore every state from the checkpoint.
+
+        Rank 0 checks and prepares the folder and reads the checkpoint; every rank gets its outcome.
+        """
         s, paths = self.s, self.paths
-        if self.out.exists() and not self.out.is_dir():
-            raise TrainError(
-                f"{self.out} is a file, not a folder: the run directory must be a folder (new or existing)"
-            )
-        if overwrite and resume is True:
-            raise TrainError("overwrite starts a new run; it cannot be combined with resume=True")
-        has_checkpoint = paths[CHECKPOINT].exists()
-        if resume is True and not has_checkpoint:
-            raise TrainError(f"cannot resume: {paths[CHECKPOINT]} does not exist")
-        if resume is False and has_checkpoint and not overwrite:
-            raise TrainError(
-                f"{self.out} already holds a training run ({CHECKPOINT}); resume it or use a new directory"
-            )
-        self.resumed = has_checkpoint and not overwrite
-        saved = None
-        if self.resumed:
-            saved = load_checkpoint(paths[CHECKPOINT])
-            check_resumable(saved, self.request, self.checksum, paths[CHECKPOINT])
-        else:
-            found = [name for name in RUN_FILES if paths[name].exists()]
-            if found and not overwrite and not is_own_attempt(paths, self.request, self.checksum):
-                raise TrainError(
-                    f"{self.out} already holds files of another run ({', '.join(found)}) and no "
-                    f"{CHECKPOINT} to resume from; refusing to overwrite them: use a new folder, or pass "
-                    "--overwrite (overwrite=True) to replace that run"
-                )
+        self.resumed, saved = self.ranks.on_main(
+            lambda: open_run_folder(self.out, paths, self.request, self.checksum, resume, overwrite), share=True
+        )
+        if not self.resumed:
             _model_io.fit_species_statistics(self.model, self.frames[self.split["train"]])
-            # the replaced run's files (with overwrite), or those of this request's attempt
-            # killed before its first checkpoint; the checkpoint goes first, so that a crash
-            # from here on never resumes it beside the new run's files
-            for stale in (paths[CHECKPOINT], paths[BEST], paths[LAST]):
-                with writing(stale, "remove it by hand or use a new folder"):
-                    stale.unlink(missing_ok=True)
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrainError(f"cannot create the run directory {self.out}: {err.strerror or err}") from err
         self.model.to(device=self.device, dtype=self.dtype)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         self.scheduler = s.make_scheduler(self.optimizer)
@@ -283,39 +258,70 @@ class _Session:
         else:
             torch.manual_seed(s.seed)
             self.state = Progress()
-        write_history(paths[HISTORY], self.state.history)  # drops rows written after the checkpoint
-        write_run_config(
-            paths[CONFIG], resumed=self.resumed, request=self.request, frames=self.frames,
-            checksum=self.checksum, split=self.split, data_path=data_path, epochs=s.epochs,
-            max_minutes=s.max_minutes, device=self.device, checkpoint_every=s.checkpoint_every, state=self.state,
-        )  # fmt: skip
+
+        def write_files() -> None:
+            write_history(paths[HISTORY], self.state.history)  # drops rows written after the checkpoint
+            write_run_config(
+                paths[CONFIG], resumed=self.resumed, request=self.request, frames=self.frames,
+                checksum=self.checksum, split=self.split, data_path=data_path, epochs=s.epochs,
+                max_minutes=s.max_minutes, device=self.device, checkpoint_every=s.checkpoint_every,
+                state=self.state, launch=self.ranks.describe(),
+            )  # fmt: skip
+            if tensorboard:
+                self.board = Board(self.out, self.state.history)
+
+        self.ranks.on_main(write_files)
         self.base_elapsed = self.state.elapsed_s
         self.deadline = None if s.max_minutes is None else self.start_time + 60.0 * s.max_minutes
+        self.net = BatchLoss(self.model, self.frames, s, self.ranks, self.device, self.dtype)  # one step's loss
+        if self.ranks.parallel:
+            cuda = self.device.type == "cuda"
+            # static_graph: parameters the loss does not reach (an energy-only shift trained without
+            # energies) are found in the first step, not assumed used
+            self.net = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if cuda else None, static_graph=True
+            )
 
     def save_model(self, name: str) -> None:
-        """``best.pt`` or ``last.pt``, only ever with finite weights, atomically."""
+        """``best.pt`` or ``last.pt``, only ever with finite weights, atomically (rank 0 calls it)."""
         path = self.paths[name]
         check_finite_model(self.model, path)
         with writing(path, kept_note(path)):
             _model_io.save_model_atomic(self.model, path)
 
     def non_finite(self, what: str, frames, out=None) -> NonFiniteError:
-        """The error of a non-finite loss or gradient at the current epoch and batch."""
+        """The error of a non-finite loss or gradient at the current epoch and batch (``frames``: this
+        rank's shard)."""
+        if self.ranks.parallel:
+            what = f"{what} (rank {self.ranks.rank} of {self.ranks.world_size})"
+        # ragged batches hold frames of different sizes (and open/periodic reordered): no per-frame diagnosis
+        out = None if self.frames.ragged else out
         return non_finite_error(what, frames, out, self.state, self.use_energy, self.paths)
 
     def elapsed(self) -> float:
         return self.base_elapsed + time.perf_counter() - self.start_time
 
     def out_of_time(self) -> bool:
-        # a safety stop only: it may end the run, never change what a step or a validation computes
-        return self.deadline is not None and time.perf_counter() > self.deadline
+        # a safety stop only: it may end the run, never change what a step or a validation computes;
+        # rank 0's clock decides for every rank
+        if self.deadline is None:
+            return False
+        return bool(self.ranks.from_main(time.perf_counter() > self.deadline))
 
     def checkpoint(self, rng=None) -> None:
+        """Write ``checkpoint.pt`` (rank 0 only; use :meth:`checkpoint_all` where every rank passes)."""
         self.state.elapsed_s = self.elapsed()
+        if not self.ranks.main:
+            return
         save_checkpoint(
             self.paths[CHECKPOINT], request=self.request, dataset_checksum=self.checksum, progress=self.state,
             model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, rng=rng or rng_state(),
         )  # fmt: skip
+
+    def checkpoint_all(self) -> None:
+        """:meth:`checkpoint` called by every rank: a failed write on rank 0 stops them all."""
+        self.state.elapsed_s = self.elapsed()
+        self.ranks.on_main(self.checkpoint)
 
     # ----------------------------------------------------------------- loop
     def run(self) -> TrainResult:
@@ -334,7 +340,7 @@ class _Session:
                 elif s.patience is not None and state.bad_epochs >= s.patience:
                     stop_reason = "early_stopping"
                 elif not self.train_epoch():
-                    self.checkpoint()
+                    self.checkpoint_all()
                     stop_reason = "time_budget"
                 else:
                     self.end_epoch()
@@ -361,16 +367,15 @@ class _Session:
         while state.batch < len(batches):
             self.batch_rng, self.phase = rng_state(), "forward"
             index = batches[state.batch]
-            batch = AtomsBatch.from_frameset(self.frames, index, self.device, self.dtype)
+            shard = self.ranks.shard(index)  # the whole batch in one process
             self.optimizer.zero_grad(set_to_none=True)
-            out = model(batch)
-            value = self.loss_fn(out["forces"], batch.forces)
-            if self.use_energy:
-                n = self.frames.n_atoms
-                value = value + s.energy_weight * self.loss_fn(out["energy"] / n, batch.energy / n)
-            loss = float(value.detach())
+            # forces, energy and stress terms (_objective); on K ranks weighted so that their
+            # rank average is the batch loss; ragged data: several model calls, one DDP forward
+            step = self.net(index, shard)
+            value, out = step["loss"], step["out"]
+            loss = self.ranks.mean(float(value.detach()))
             if not math.isfinite(loss):
-                raise self.non_finite(f"non-finite training loss ({loss})", index, out)
+                raise self.non_finite(f"non-finite training loss ({loss})", shard, out)
             value.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
@@ -379,7 +384,7 @@ class _Session:
                     for name, p in model.named_parameters()
                     if p.grad is not None and not bool(torch.isfinite(p.grad).all())
                 ]
-                raise self.non_finite(f"non-finite gradient of {', '.join(names[:5])}", index, out)
+                raise self.non_finite(f"non-finite gradient of {', '.join(names[:5])}", shard, out)
             if s.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
             self.phase = "step"
@@ -391,7 +396,7 @@ class _Session:
             self.bar.update(1)
             self.bar.set_postfix(epoch=state.epoch + 1, loss=f"{state.loss_sum / state.loss_count:.4g}")
             if s.checkpoint_every and state.batch % s.checkpoint_every == 0 and state.batch < len(batches):
-                self.checkpoint()
+                self.checkpoint_all()
             if self.out_of_time():
                 return False
         return True
@@ -400,16 +405,12 @@ class _Session:
         """Validate; update best model, schedule and early stopping; close the epoch on disk."""
         s, state = self.s, self.state
         self.batch_rng, self.phase = rng_state(), "validate"
+        options = {"batch_size": s.batch_size, "device": self.device, "dtype": self.dtype, "check_finite": True}
         try:
-            scores = evaluate_forces(
-                self.model,
-                self.frames,
-                self.split["val"],
-                batch_size=s.batch_size,
-                device=self.device,
-                dtype=self.dtype,
-                check_finite=True,
-            )
+            if self.ranks.parallel:  # every rank its part of the frames, errors summed over ranks
+                scores = evaluate_sharded(self.model, self.frames, self.split["val"], self.ranks, **options)
+            else:
+                scores = evaluate_forces(self.model, self.frames, self.split["val"], **options)
         except TrainError as err:
             saved = f"{CHECKPOINT} keeps the last good state" if self.paths[CHECKPOINT].exists() else ""
             raise NonFiniteError(
@@ -418,8 +419,8 @@ class _Session:
             ) from err
         val = scores["force_mae_meV_A"]
         self.phase = "closing"
-        if val < state.best_val:
-            self.save_model(BEST)
+        improved = val < state.best_val
+        if improved:
             state.best_val, state.best_epoch, state.bad_epochs = val, state.epoch + 1, 0
         else:
             state.bad_epochs += 1
@@ -438,23 +439,36 @@ class _Session:
         state.history.append(row)
         state.epoch += 1
         state.batch, state.loss_sum, state.loss_count = 0, 0.0, 0
-        # Checkpoint first: history.csv is rewritten from the checkpoint on resume.
-        self.checkpoint()
+
+        def close_files() -> None:  # rank 0
+            if improved:
+                self.save_model(BEST)
+            # Checkpoint first: history.csv is rewritten from the checkpoint on resume.
+            self.checkpoint()
+            self.phase = "idle"
+            write_history(self.paths[HISTORY], state.history)
+            self.save_model(LAST)
+            if self.board is not None:
+                self.board.add(row)
+
+        self.ranks.on_main(close_files)
         self.phase = "idle"
-        write_history(self.paths[HISTORY], state.history)
-        self.save_model(LAST)
         self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.4g}", val=f"{val:.1f} meV/Å")
 
     def finish(self, stop_reason: str) -> TrainResult:
         paths, state = self.paths, self.state
-        self.save_model(LAST)
-        if not paths[BEST].exists():  # nothing validated yet: the current model stands in
-            self.save_model(BEST)
         result = TrainResult(
             out_dir=self.out, best_path=paths[BEST], last_path=paths[LAST], history=history_frame(state.history),
             best_epoch=state.best_epoch, best_val_force_mae=state.best_val, epochs_completed=state.epoch,
             stop_reason=stop_reason, elapsed_s=state.elapsed_s, resumed=self.resumed,
             steps=state.epoch * self.steps_per_epoch + state.batch, steps_per_epoch=self.steps_per_epoch,
         )  # fmt: skip
-        record_result(paths[CONFIG], result)
+
+        def close_files() -> None:  # rank 0
+            self.save_model(LAST)
+            if not paths[BEST].exists():  # nothing validated yet: the current model stands in
+                self.save_model(BEST)
+            record_result(paths[CONFIG], result)
+
+        self.ranks.on_main(close_files)
         return result

@@ -13,6 +13,7 @@ import datetime
 import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,48 @@ from ._run_config import read_run_config
 from ._state import kept_note, writing
 
 
+def boundary_groups(frames: FrameSet, indices) -> list[np.ndarray]:
+    """``indices`` split into runs the models can batch: one list for the fixed layout,
+    else the periodic frames and the open frames apart (each in the given order)."""
+    idx = np.atleast_1d(np.asarray(indices))
+    if not frames.ragged:
+        return [idx]
+    periodic = frames.pbc[idx].all(axis=1)
+    return [part for part in (idx[periodic], idx[~periodic]) if len(part)]
+
+
+def forward_frames(model, frames: FrameSet, indices, device, dtype):
+    """``(out, labels, n_atoms)`` of one training batch, for the loss.
+
+    Fixed layout: ``out = model(batch)``, ``labels`` the :class:`AtomsBatch`, ``n_atoms``
+    the int atoms per frame.  Ragged: open and periodic frames run as separate model
+    calls (:func:`boundary_groups`) whose ``forces`` (n_atoms, 3) eV/Å and ``energy``
+    (n_frames,) eV are concatenated, with ``labels`` holding the matching reference
+    ``forces``, ``energy`` and ``stress`` and ``n_atoms`` a (n_frames,) tensor of atom counts.
+    """
+    if not frames.ragged:
+        batch = AtomsBatch.from_frameset(frames, indices, device, dtype)
+        return model(batch), batch, frames.n_atoms
+    outs, batches = [], []
+    for part in boundary_groups(frames, indices):
+        batches.append(AtomsBatch.from_frameset(frames, part, device, dtype))
+        outs.append(model(batches[-1]))
+    if len(outs) == 1:
+        out, labels = outs[0], batches[0]
+    else:
+        out = {key: torch.cat([o[key] for o in outs]) for key in ("forces", "energy")}
+
+        def joined(name):
+            values = [getattr(b, name, None) for b in batches]
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        labels = SimpleNamespace(forces=joined("forces"), energy=joined("energy"), stress=joined("stress"),
+                                 n_frames=sum(b.n_frames for b in batches))  # fmt: skip
+    order = np.concatenate(boundary_groups(frames, indices))
+    n_atoms = torch.as_tensor(frames.atom_counts[order], device=out["energy"].device, dtype=out["energy"].dtype)
+    return out, labels, n_atoms
+
+
 def predict_forces(
     model: torch.nn.Module,
     frames: FrameSet,
@@ -44,7 +87,10 @@ def predict_forces(
 ) -> dict[str, np.ndarray]:
     """Forces and energies of the frames ``indices`` (all when ``None``), in eval mode.
 
-    Returns ``{"forces": (n, N, 3) float32 eV/Å, "energy": (n,) float64 eV}``.
+    Returns ``{"forces": (n, N, 3) float32 eV/Å, "energy": (n,) float64 eV}``; for a
+    ragged dataset ``forces`` is (n_atoms of those frames, 3), frames back to back in
+    the order of ``indices`` (``frames.atom_index(indices)`` gives their rows), and
+    ``offsets`` (n + 1,) bounds each frame's rows.
     The model is moved to ``device``/``dtype`` and its train/eval mode restored.
     ``check_finite``: raise :class:`TrainError` naming the frames (indices into
     ``frames``) of the first batch whose predicted forces hold NaN or inf.
@@ -56,31 +102,40 @@ def predict_forces(
     was_training = model.training
     model.to(device=dev, dtype=dt)
     model.eval()
-    forces = np.empty((len(idx), frames.n_atoms, 3), dtype=np.float32)
+    counts = frames.atom_counts[idx]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    forces = np.empty((int(offsets[-1]), 3), dtype=np.float32)
     energy = np.empty(len(idx), dtype=np.float64)
     try:
         for lo in tqdm(
             range(0, len(idx), batch_size), disable=not progress, desc=desc, unit="batch", dynamic_ncols=True
         ):
-            chunk = idx[lo : lo + batch_size]
-            batch = AtomsBatch.from_frameset(frames, chunk, dev, dt)
-            with torch.enable_grad():  # forces are energy gradients
-                out = model(batch)
-            forces[lo : lo + len(chunk)] = (
-                out["forces"].detach().reshape(len(chunk), frames.n_atoms, 3).cpu().numpy()
-            )
+            rows = np.arange(lo, min(lo + batch_size, len(idx)))  # positions in idx
+            periodic = frames.pbc[idx[rows]].all(axis=1)
+            for part in [rows] if not frames.ragged else [rows[periodic], rows[~periodic]]:
+                if len(part) == 0:
+                    continue
+                batch = AtomsBatch.from_frameset(frames, idx[part], dev, dt)
+                with torch.enable_grad():  # forces are energy gradients
+                    out = model(batch)
+                predicted = out["forces"].detach().cpu().numpy()
+                bounds = np.concatenate([[0], np.cumsum(counts[part])])
+                for k, row in enumerate(part):
+                    forces[offsets[row] : offsets[row + 1]] = predicted[bounds[k] : bounds[k + 1]]
+                energy[part] = out["energy"].detach().cpu().double().numpy()
             if check_finite:
-                finite = np.isfinite(forces[lo : lo + len(chunk)]).reshape(len(chunk), -1).all(axis=1)
+                finite = np.array([np.isfinite(forces[offsets[r] : offsets[r + 1]]).all() for r in rows])
                 if not finite.all():
-                    bad = [int(i) for i in chunk[~finite]]
+                    bad = [int(i) for i in idx[rows][~finite]]
                     raise TrainError(
                         f"the model predicts non-finite forces (NaN or inf) for frame(s) {bad} "
                         "(overlapping atoms in the frame, or a model with non-finite weights?)"
                     )
-            energy[lo : lo + len(chunk)] = out["energy"].detach().cpu().double().numpy()
     finally:
         model.train(was_training)
-    return {"forces": forces, "energy": energy}
+    if frames.ragged:
+        return {"forces": forces, "energy": energy, "offsets": offsets}
+    return {"forces": forces.reshape(len(idx), frames.n_atoms, 3), "energy": energy}
 
 
 def evaluate_forces(model, frames: FrameSet, indices, **kwargs) -> dict[str, float]:
@@ -90,9 +145,13 @@ def evaluate_forces(model, frames: FrameSet, indices, **kwargs) -> dict[str, flo
     """
     idx = np.atleast_1d(np.asarray(indices))
     pred = predict_forces(model, frames, idx, **kwargs)
-    force_mae = float(np.abs(pred["forces"].astype(np.float64) - frames.forces[idx]).mean() * EV_TO_MEV)
+    ref = frames.forces_flat[frames.atom_index(idx)] if frames.ragged else frames.forces[idx]
+    force_mae = float(np.abs(pred["forces"].astype(np.float64) - ref).mean() * EV_TO_MEV)
     energy_mae = float("nan")
-    if frames.energy is not None:
+    if frames.energy is not None and frames.ragged:
+        error = np.abs(pred["energy"] - frames.energy[idx]) / frames.atom_counts[idx]
+        energy_mae = float(error.mean() * EV_TO_MEV)
+    elif frames.energy is not None:
         energy_mae = float(np.abs(pred["energy"] - frames.energy[idx]).mean() / frames.n_atoms * EV_TO_MEV)
     return {"force_mae_meV_A": force_mae, "energy_mae_meV_atom": energy_mae}
 
@@ -133,6 +192,7 @@ def predict_cache(
     data_path: str | os.PathLike | None = None,
     check_dataset: bool = True,
     progress: bool = True,
+    new_data: bool = False,
 ) -> Path:
     """Predict every frame with each run's model and write the prediction cache.
 
@@ -151,11 +211,19 @@ def predict_cache(
     data_path : dataset file, recorded in ``meta``
     check_dataset : refuse ``frames`` whose checksum differs from the runs'
         training dataset (the split would not mean the same frames)
+    new_data : ``frames`` is a new dataset (none of it was trained on): no
+        checksum check, no training split; every frame is a test row
+        (``meta["new_dataset"]`` is True, ``split_fractions`` None)
 
     Returns the path written.  The schema is in the module docstring.
     """
     if not runs:
         raise TrainError("predict_cache needs at least one run directory")
+    if frames.ragged:
+        raise TrainError(
+            "the prediction cache (and the scale layer and studies built on it) needs the fixed layout (the "
+            "same atoms in every frame); this dataset is ragged: use scalepool evaluate for its force errors"
+        )
     dev = resolve_device(device)
     configs = [(Path(run), read_run_config(run)) for run in runs]
     resolved = [run.resolve() for run, _ in configs]
@@ -167,7 +235,7 @@ def predict_cache(
         raise TrainError("a run's branch is named 'ref', which collides with forces_ref")
     checksum = frames.checksum()
     for run, config in configs:
-        if check_dataset and config["dataset"]["checksum"] != checksum:
+        if check_dataset and not new_data and config["dataset"]["checksum"] != checksum:
             raise TrainError(
                 f"run {run} was trained on dataset {config['dataset'].get('path')} with checksum "
                 f"{config['dataset']['checksum'][:16]}..., but these frames have {checksum[:16]}...; "
@@ -175,9 +243,24 @@ def predict_cache(
             )
         if not (run / model_file).exists():
             raise FileNotFoundError(f"run {run} has no {model_file}; has it finished an epoch?")
-    fractions, gap = _split_of(configs, split_fractions, split_gap)
+    if new_data:  # no training split applies: every frame is a test row
+        fractions, gap, modes = None, 0, {"time"}
+        if split_fractions is not None or split_gap is not None:
+            raise TrainError("new_data: every frame is a test row; split_fractions and split_gap do not apply")
+    else:
+        fractions, gap = _split_of(configs, split_fractions, split_gap)
+        modes = {config["split"].get("mode", "time") for _, config in configs}
+    if modes != {"time"}:
+        raise TrainError(
+            f"the runs were trained with a {'/'.join(sorted(modes - {'time'}))} split; the prediction cache "
+            "holds time blocks only: use scalepool evaluate for these runs"
+        )
 
-    blocks = frames.split_indices(fractions, gap)
+    if new_data:
+        n = frames.n_frames
+        blocks = {"train": np.arange(0), "val": np.arange(0), "test": np.arange(n)}
+    else:
+        blocks = frames.split_indices(fractions, gap)
     keep = np.concatenate([blocks["train"], blocks["val"], blocks["test"]])  # time order; gap frames left out
     split = np.concatenate(
         [np.full(len(blocks[name]), K.SPLIT_CODES[name]) for name in ("train", "val", "test")]
@@ -212,7 +295,8 @@ def predict_cache(
         "split_blocks": {name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)},
         "dataset_checksum": checksum,
         "dataset_path": None if data_path is None else str(Path(data_path).resolve()),
-        "split_fractions": list(fractions),
+        "split_fractions": None if fractions is None else list(fractions),
+        "new_dataset": bool(new_data),
         "split_gap": gap,
         "split_codes": K.SPLIT_CODES,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -47,11 +47,13 @@ def write_run_config(
     device,
     checkpoint_every,
     state,
+    launch: dict[str, Any] | None = None,
 ) -> None:
     """Write (fresh run) or update (resumed run: one more session) ``config.json``.
 
     ``request`` holds the settings a resume must repeat, ``split`` the
-    ``{"train", "val", "test"}`` index arrays (stored as [start, stop) blocks).
+    ``{"train", "val", "test"}`` index arrays (stored as [start, stop) blocks), ``launch`` the
+    session's ``{"world_size", "backend"}`` (data-parallel ranks; default one process).
     """
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     session = {
@@ -62,6 +64,8 @@ def write_run_config(
         "max_minutes": max_minutes,
         "device": str(device),
         "checkpoint_every": checkpoint_every,
+        "world_size": (launch or {}).get("world_size", 1),
+        "backend": (launch or {}).get("backend"),
         "versions": library_versions(),
         "git_commit": git_commit(),
     }
@@ -77,8 +81,11 @@ def write_run_config(
             "path": None if data_path is None else str(Path(data_path).resolve()),
             "checksum": checksum,
             "n_frames": frames.n_frames,
-            "n_atoms": frames.n_atoms,
-            "species": sorted(set(frames.numbers.tolist())),
+            "n_atoms": frames.n_atoms_total if frames.ragged else frames.n_atoms,
+            "ragged": frames.ragged,
+            "species": frames.species(),
+            # species of the training block: evaluate refuses data with others
+            "train_species": frames[split["train"]].species(),
             "has_energy": frames.energy is not None,
             "meta": frames.meta,
         },
@@ -86,6 +93,9 @@ def write_run_config(
             "fractions": request["split_fractions"],
             "gap": request["split_gap"],
             **{name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in split.items()},
+            "mode": request.get("split_mode", "time"),
+            **({"indices": {name: idx.tolist() for name, idx in split.items()}}
+               if request.get("split_mode", "time") != "time" else {}),  # fmt: skip
         },
         "sessions": old.get("sessions", []) + [session],
         "result": old.get("result"),

@@ -11,6 +11,7 @@ import torch
 from ._common import TrainError, dtype_name, resolve_dtype
 
 LOSSES = ("mae", "mse", "huber")
+SPLIT_MODES = ("time", "random")  # time blocks (trajectories) or seeded random (independent frames)
 SCHEDULERS = ("plateau", "cosine")
 
 # Settings that may change between the sessions of one run without changing
@@ -43,6 +44,8 @@ class TrainSettings:
     checkpoint_every: int | None = 20
     seed: int = 0
     dtype: str = "float32"
+    split_mode: str = "time"
+    stress_weight: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", dtype_name(resolve_dtype(self.dtype)))
@@ -55,6 +58,7 @@ class TrainSettings:
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
             (self.huber_delta > 0, f"huber_delta must be positive (eV/Å), got {self.huber_delta}"),
             (self.energy_weight >= 0, f"energy_weight must be >= 0, got {self.energy_weight}"),
+            (self.stress_weight >= 0, f"stress_weight must be >= 0, got {self.stress_weight}"),
             (
                 len(self.split_fractions) == 3,
                 f"split_fractions must be 3 numbers, got {self.split_fractions}",
@@ -78,6 +82,11 @@ class TrainSettings:
                 f"max_minutes must be positive, got {self.max_minutes}",
             ),
             (_is_int(self.seed, 0), f"seed must be an integer >= 0, got {self.seed!r}"),
+            (self.split_mode in SPLIT_MODES, f"split_mode must be one of {SPLIT_MODES}, got {self.split_mode!r}"),
+            (
+                self.split_mode == "time" or self.split_gap == 0,
+                f"a random split has no gap between blocks; got split_gap={self.split_gap}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -96,6 +105,10 @@ class TrainSettings:
         fields = dataclasses.asdict(self)
         request = {k: v for k, v in fields.items() if k not in _SESSION_FIELDS}
         request["split_fractions"] = list(self.split_fractions)
+        if self.split_mode == "time":  # the default; runs from before split modes keep their request
+            request.pop("split_mode")
+        if not self.stress_weight:  # off (the default): runs from before the stress loss keep their request
+            request.pop("stress_weight")
         if self.scheduler == "cosine":
             request["epochs"] = self.epochs
         return {"branch": branch, "model": model_config, **request}
@@ -130,6 +143,10 @@ TRAIN_FLAGS: dict[str, tuple[str, tuple | None]] = {
     "loss": ("force loss", LOSSES),
     "huber_delta": ("Huber loss threshold, eV/Å", None),
     "energy_weight": ("weight of the per-atom energy loss when the dataset has energies", None),
+    "stress_weight": (
+        "weight of the stress loss (eV/Å^3; periodic frames with stress labels; 0: off)",
+        None,
+    ),
     "split_fractions": ("train,val,test fractions of the time-block split", None),
     "split_gap": ("frames dropped between blocks", None),
     "patience": ("early stopping: epochs without a better validation force MAE", None),
@@ -141,6 +158,10 @@ TRAIN_FLAGS: dict[str, tuple[str, tuple | None]] = {
     "checkpoint_every": ("also checkpoint every N batches", None),
     "seed": ("model initialisation and batch order", None),
     "dtype": ("floating-point type of the model", ("float32", "float64")),
+    "split_mode": (
+        "time: contiguous time blocks (trajectories); random: seeded by --seed (independent frames)",
+        SPLIT_MODES,
+    ),
 }
 
 

@@ -230,3 +230,34 @@ def non_finite_error(what: str, frames, out, progress, use_energy: bool, paths: 
         f"{what} at epoch {progress.epoch + 1}, batch {progress.batch + 1} (dataset frames {frames}){detail}; "
         f"training stopped: {' and '.join(saved)}"
     )
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a :func:`train` call ended with.
+
+    ``stop_reason`` is ``"completed"`` (all epochs done), ``"early_stopping"``
+    (``patience`` epochs without a better validation force MAE) or
+    ``"time_budget"`` (the ``max_minutes`` safety stop fired: the run is
+    incomplete; call ``train`` again to go on).  ``steps`` counts the optimiser
+    steps applied over all sessions (the run's compute, independent of the
+    machine).
+    """
+
+    out_dir: Path
+    best_path: Path
+    last_path: Path
+    history: pd.DataFrame  # columns HISTORY_COLUMNS, one row per completed epoch
+    best_epoch: int | None  # 1-based; None before the first validation
+    best_val_force_mae: float  # meV/Å, inf before the first validation
+    epochs_completed: int
+    stop_reason: str
+    elapsed_s: float  # training time over all sessions
+    resumed: bool
+    steps: int = 0  # optimiser steps over all sessions
+    steps_per_epoch: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """False only when the safety stop ended the run (finished and early-stopped runs are complete)."""
+        return self.stop_reason != "time_budget"

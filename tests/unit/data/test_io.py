@@ -308,11 +308,14 @@ def test_bad_nan_forces_in_trr(tmp_path):
         read_frames(path)
 
 
-def test_bad_atom_count_changes_between_frames(tmp_path):
+def test_atom_count_changing_between_frames_reads_ragged(tmp_path):
     path = tmp_path / "ragged.extxyz"
     path.write_text(extxyz_text(WATER_ROWS) + extxyz_text(WATER_ROWS[:2]))
-    with pytest.raises(DatasetError, match=r"ragged.extxyz: frame 1 has 2 atoms but frame 0 has 3"):
-        read_frames(path)
+    frames = read_frames(path, check_physics=False)
+    assert frames.ragged
+    np.testing.assert_array_equal(frames.atom_counts, [3, 2])
+    with pytest.raises(DatasetError, match=r"positions exists for the fixed layout only.*positions_flat"):
+        frames.positions  # noqa: B018
 
 
 def test_bad_periodic_extxyz_without_cell(tmp_path):

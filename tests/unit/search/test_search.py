@@ -195,10 +195,11 @@ def test_two_workers_share_one_sqlite_study(cache_path, tmp_path):
     study = _load(storage, "scales-pool")
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == list(range(len(numbers)))  # no duplicate, no gap
-    assert len({t._trial_id for t in study.trials}) == len(numbers)
+    drawn = [json.dumps(t.params, sort_keys=True) for t in study.trials if t.params["n_inner"]]
+    assert len(set(drawn)) == len(drawn)  # no trial ran twice (n_inner=0 has a single point)
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) in (40, 41) and set(states) == {TrialState.COMPLETE}
-    workers_seen = {t.system_attrs[WORKER_ATTR] for t in study.trials}
+    workers_seen = {t.user_attrs[WORKER_ATTR] for t in study.trials}
     assert len(workers_seen) == 2  # both workers ran trials
 
 
@@ -206,7 +207,7 @@ def test_recover_dead_trials_requeues_parameters(tmp_path):
     storage = open_storage(tmp_path / "s.db")
     study = open_results(storage, "dead")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"{os.uname().nodename}:999999999")
+    trial.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:999999999")
     assert recover_dead_trials(study) == [trial.number]
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.WAITING]
@@ -257,3 +258,21 @@ def test_cli_search_scales(cache_path, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "study scales-pool: 5 finished trials" in out and "test_pool_oracle" in out
     assert (tmp_path / "o" / "pool_trials.csv").exists()
+
+
+def test_best_run_on_another_host_needs_a_shared_filesystem(tmp_path):
+    """A model search whose best trial ran on another host, whose run folder this host does
+    not see, names that host instead of failing in a copy."""
+    from scalepool.testing._systems import random_frames
+
+    frames = random_frames(n_atoms=12, box=8.0, n_frames=8, seed=0, triclinic=False)
+    search = ModelSearch(frames, "short", tmp_path / "out", parse_space(["cutoff=float:2:3"]))
+    study = open_results(open_storage(tmp_path / "s.db"), "models-short")
+    params = {"cutoff": 2.5}
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions={"cutoff": optuna.distributions.FloatDistribution(2, 3)}, value=12.0,
+        user_attrs={"run_dir": str(search.run_dir(params)), "host": "node-b"},
+    ))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="ran on host node-b .*a shared filesystem is required"):
+        search.save_best(study)
+    assert not (tmp_path / "out" / "best").exists()
