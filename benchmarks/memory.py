@@ -100,16 +100,18 @@ def solvated_peptide(box: float, n_residues: int = 24) -> tuple[np.ndarray, np.n
     box : cube edge, Å.  Returns positions (N, 3) Å, numbers (N,), cell (3, 3) Å rows.
     """
     import openmm
+    from Bio.PDB import PDBIO
     from openmm import app, unit
     from PeptideBuilder import Geometry, PeptideBuilder
-    from Bio.PDB import PDBIO
 
     sequence = ("AEAAAKEAAAKA" * 4)[:n_residues]
     structure = None
     for k, residue in enumerate(sequence):
         geo = Geometry.geometry(residue)
         geo.phi, geo.psi_im1 = -57.0, -47.0
-        structure = PeptideBuilder.initialize_res(geo) if k == 0 else PeptideBuilder.add_residue(structure, geo)
+        structure = (
+            PeptideBuilder.initialize_res(geo) if k == 0 else PeptideBuilder.add_residue(structure, geo)
+        )
     PeptideBuilder.add_terminal_OXT(structure)
     text = io.StringIO()
     writer = PDBIO()
@@ -121,7 +123,9 @@ def solvated_peptide(box: float, n_residues: int = 24) -> tuple[np.ndarray, np.n
     modeller.addHydrogens(forcefield, pH=7.0)
     peptide = np.asarray(modeller.positions.value_in_unit(unit.nanometer))
     peptide = peptide - peptide.mean(0) + box / 20.0  # centred in the box, nm
-    modeller = app.Modeller(modeller.topology, unit.Quantity([openmm.Vec3(*x) for x in peptide], unit.nanometer))
+    modeller = app.Modeller(
+        modeller.topology, unit.Quantity([openmm.Vec3(*x) for x in peptide], unit.nanometer)
+    )
     edge = box / 10.0
     modeller.addSolvent(
         forcefield, boxSize=openmm.Vec3(edge, edge, edge) * unit.nanometer, ionicStrength=0.15 * unit.molar
@@ -210,7 +214,9 @@ def _child(args) -> int:
 def _fmt(row: dict) -> str:
     def num(key, spec):
         value = row.get(key)
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+        return (
+            "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+        )
 
     return (
         f"{row['system']:<16} {row['n_atoms']:>7d} {row['branch']:<6} {row['mode']:<5} {row['status']:<8} "
@@ -220,14 +226,23 @@ def _fmt(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[1500, 6000, 12000, 20000],
-                        help="target atom counts of the tiled NaCl testbed (default: 1.5k 6k 12k 20k)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[1500, 6000, 12000, 20000],
+        help="target atom counts of the tiled NaCl testbed (default: 1.5k 6k 12k 20k)",
+    )
     parser.add_argument("--branches", nargs="+", choices=BRANCH_CHOICES, default=["short"])
     parser.add_argument("--train", action="store_true", help="also time and measure a training step")
     parser.add_argument("--no-infer", action="store_true", help="skip the inference cases")
     parser.add_argument("--protein", action="store_true", help="also run the solvated peptide")
-    parser.add_argument("--protein-box", type=float, default=59.0, help="peptide box edge, Å (59: ~19.5k atoms)")
+    parser.add_argument(
+        "--protein-box", type=float, default=59.0, help="peptide box edge, Å (59: ~19.5k atoms)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")
     parser.add_argument("--max-rss-gb", type=float, default=14.0, help="skip cases predicted above this peak")
@@ -250,7 +265,9 @@ def main(argv=None) -> int:
             for branch in args.branches:
                 for mode in modes:
                     row = dict(system=system, n_atoms=n_atoms, branch=branch, mode=mode)
-                    done = [r for r in rows if r["branch"] == branch and r["mode"] == mode and r["status"] == "ok"]
+                    done = [
+                        r for r in rows if r["branch"] == branch and r["mode"] == mode and r["status"] == "ok"
+                    ]
                     predicted = max((r["kb_per_atom"] for r in done), default=0.0) * n_atoms / 2**20
                     if predicted > args.max_rss_gb:
                         row["status"] = "skipped"
@@ -275,7 +292,9 @@ def _spawn(path: Path, branch: str, mode: str, args) -> dict:
     result = json.loads(lines[-1][len("RESULT ") :])
     n_atoms = int(np.load(path)["numbers"].shape[0])
     result.update(
-        status="ok", kb_per_atom=result["peak_mb"] * 1024.0 / n_atoms, us_per_atom=result["wall_s"] * 1e6 / n_atoms
+        status="ok",
+        kb_per_atom=result["peak_mb"] * 1024.0 / n_atoms,
+        us_per_atom=result["wall_s"] * 1e6 / n_atoms,
     )
     return result
 

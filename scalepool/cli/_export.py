@@ -29,14 +29,18 @@ def register(commands) -> None:
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", type=Path, help="model file (scalepool.models.save_model)")
     which.add_argument("--run", type=Path, help="run directory of scalepool train (its best.pt)")
-    export.add_argument("--out", required=True, type=Path, help="archive to write (e.g. model.pt2), atomically")
+    export.add_argument(
+        "--out", required=True, type=Path, help="archive to write (e.g. model.pt2), atomically"
+    )
     export.add_argument(
         "--data", type=Path, default=None,
         help="dataset with the example frame (default: the dataset recorded in the run's config.json)",
     )  # fmt: skip
     export.add_argument("--frame", type=int, default=0, help="example frame of --data (default 0)")
     export.add_argument("--float64", action="store_true", help="export in float64 (default float32)")
-    export.add_argument("--device", default="cpu", help="cpu or cuda[:i], where the program runs (default cpu)")
+    export.add_argument(
+        "--device", default="cpu", help="cpu or cuda[:i], where the program runs (default cpu)"
+    )
     export.set_defaults(func=_export)
 
 

@@ -32,6 +32,7 @@ from ._summary import force_statistics, format_summary, summarize
 # training and the scale layer import (and run, e.g. on a GPU node) without it.
 _OPENMM_NAMES = ("build_nacl_system", "generate_nacl", "openmm_force_function", "openmm_reference_forces")
 _GRAPHENE_NAMES = ("generate_graphene", "graphene_reference", "graphene_profile_path", "save_graphene")
+_GRAPHENE_PROFILE_NAMES = ("binding_curves", "isolated_references")
 _PEPTIDE_NAMES = ("build_peptide", "generate_peptide", "peptide_observables", "peptide_reference")
 
 
@@ -40,6 +41,10 @@ def __getattr__(name: str):
         from . import _nacl
 
         return getattr(_nacl, name)
+    if name in _GRAPHENE_PROFILE_NAMES:
+        from . import _graphene_profile
+
+        return getattr(_graphene_profile, name)
     if name in _GRAPHENE_NAMES:  # needs tblite
         from . import _graphene
 
@@ -68,7 +73,9 @@ __all__ = [
     "cell_heights",
     "check_physics",
     "frameset_descriptors",
+    "binding_curves",
     "generate_graphene",
+    "isolated_references",
     "generate_nacl",
     "generate_peptide",
     "graphene_profile_path",

@@ -13,7 +13,6 @@ a ``PythonForce``.
 """
 
 from ._neighbors import cell_heights, torch_neighbor_list
-from ._openmm import WATER_HH, WATER_OH, add_model_force, energy_forces_function, model_force, model_system
 from ._trace import (
     FORMAT,
     METADATA_FILE,
@@ -24,6 +23,18 @@ from ._trace import (
     reference_energy_forces,
     save_exported,
 )
+
+# The OpenMM helpers load OpenMM on first use, so exporting works without it.
+_OPENMM_NAMES = ("WATER_HH", "WATER_OH", "add_model_force", "energy_forces_function", "model_force", "model_system")
+
+
+def __getattr__(name: str):
+    if name in _OPENMM_NAMES:
+        from . import _openmm
+
+        return getattr(_openmm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT",

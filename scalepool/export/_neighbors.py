@@ -4,14 +4,16 @@ The exported model cannot call vesin (numpy, no graph), so the pairs are found
 with tensor ops whose only data-dependent step is ``torch.nonzero``, which
 ``make_fx`` and ``torch.export`` record with an unbacked pair count.
 
-Algorithm: fractional coordinates wrapped into the cell on periodic axes; for
-every ordered pair (i, j) and every image shift ``S`` in {-1, 0, 1}^3 (0 on
-non-periodic axes) a candidate is kept when its distance along each cell
-normal is below the cutoff, then when its full distance is.  This is exact
-for any cell (triclinic included) as long as the cutoff does not exceed the
-smallest cell height (the distance between opposite faces), which the export
-checks.  Cost and memory are O(N^2): about 0.1 GB of temporaries for 1,500
-atoms.  Pairs come out sorted by the first atom.
+Algorithm: fractional coordinates wrapped into the cell on periodic axes; an
+ordered pair (i, j) is a candidate when its nearest image is within the cutoff
+along every cell normal; for each candidate the 8 combinations of the nearest
+and the second-nearest image along each periodic axis are kept when their full
+distance is below the cutoff.  A pair's distance is at least its distance along
+each normal, so with a cutoff no larger than the smallest cell height (the
+distance between opposite faces, which the export checks) no farther image can
+be in range: the list is exact for any cell, triclinic included, and has no
+self-images.  Cost and memory are O(N^2) in the first step: about 30 MB of
+temporaries for 1,500 atoms.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import itertools
 
 import torch
 
-#: The 27 candidate image shifts, (27, 3) int64, in a fixed order.
-_IMAGES = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.int64)
+#: Corners of the unit cube, (8, 3): which axes take the second-nearest image.
+_CORNERS = torch.tensor(list(itertools.product((0, 1), repeat=3)), dtype=torch.int64)
 
 
 def cell_heights(cell: torch.Tensor) -> torch.Tensor:
@@ -54,25 +56,34 @@ def torch_neighbor_list(
         pos, box = positions.detach(), cell.detach()
         n = pos.shape[0]
         inverse = torch.linalg.inv(box)
+        heights = 1.0 / torch.linalg.vector_norm(inverse, dim=0)
         frac = pos @ inverse
         wrap = torch.where(pbc, torch.floor(frac), torch.zeros_like(frac))
         frac = frac - wrap
-        heights = 1.0 / torch.linalg.vector_norm(inverse, dim=0)
         delta = (frac.unsqueeze(0) - frac.unsqueeze(1)).reshape(-1, 3)  # (n*n, 3): frac_j - frac_i
-        images = _IMAGES.to(device=pos.device)
-        steps = images[:13].new_tensor([-1, 0, 1]).to(delta.dtype)  # (3,)
-        # per axis and per shift value: can the pair be within the cutoff along that normal?
-        along = (delta.unsqueeze(-1) + steps).abs() * heights.unsqueeze(-1) < cutoff  # (n*n, 3, 3)
-        along = along & (pbc.unsqueeze(-1) | (steps == 0))
-        ok = along[:, 0, :, None, None] & along[:, 1, None, :, None] & along[:, 2, None, None, :]
-        candidate = torch.nonzero(ok.reshape(-1, 27))  # (n_candidates, 2): pair index, image index
-        pair, image = candidate[:, 0], candidate[:, 1]
-        i, j = torch.div(pair, n, rounding_mode="floor"), torch.remainder(pair, n)
-        shift_w = images[image]  # shift between wrapped positions
-        vector = (delta[pair] + shift_w.to(delta.dtype)) @ box
-        keep = (vector.square().sum(-1) < cutoff * cutoff) & ((i != j) | (shift_w != 0).any(-1))
+        # nearest image along each axis; a pair is a candidate when it is within the
+        # cutoff along every cell normal there
+        nearest = torch.where(pbc, -torch.round(delta), torch.zeros_like(delta))
+        delta = delta + nearest
+        candidate = torch.nonzero(((delta.abs() * heights) < cutoff).all(-1)).squeeze(-1)
+        i, j = torch.div(candidate, n, rounding_mode="floor"), torch.remainder(candidate, n)
+        delta, nearest = delta[candidate], nearest[candidate]
+        # with cutoff <= height only the two nearest images along an axis can be in
+        # range: the nearest, and the next one on the other side (periodic axes)
+        other = torch.where(delta >= 0, -1.0, 1.0).to(delta.dtype)  # (n_candidates, 3)
+        reach = pbc & ((1.0 - delta.abs()) * heights < cutoff)  # the second image is in range along k
+        corners = _CORNERS.to(device=pos.device)  # (8, 3) in {0, 1}
+        usable = ((corners == 0) | reach.unsqueeze(1)).all(-1)  # (n_candidates, 8)
+        image = torch.nonzero(usable)  # (n_images, 2): candidate, corner
+        c, corner = image[:, 0], corners[image[:, 1]].to(delta.dtype)
+        i, j = i[c], j[c]
+        frac_vector = delta[c] + corner * other[c]
+        vector = frac_vector @ box
+        keep = (vector.square().sum(-1) < cutoff * cutoff) & ((i != j) | (frac_vector != 0).any(-1))
+        shift_w = (nearest[c] + corner * other[c]).to(torch.int64)  # between wrapped positions
         if not full_list:
-            first = (shift_w * torch.tensor([9, 3, 1], device=pos.device)).sum(-1)  # sign of the first non-zero
+            # the sign of S[0] * 9 + S[1] * 3 + S[2] is the sign of the first non-zero component
+            first = (shift_w * torch.tensor([9, 3, 1], device=pos.device)).sum(-1)
             keep = keep & ((i < j) | ((i == j) & (first > 0)))
         index = torch.nonzero(keep).squeeze(-1)
         i, j, shift_w = i[index], j[index], shift_w[index]

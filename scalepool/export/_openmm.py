@@ -22,6 +22,7 @@ import numpy as np
 import openmm
 import openmm.unit as unit
 import torch
+from openmm import app
 
 from ..models import AtomsBatch, ForceModel
 from ..units import (
@@ -123,7 +124,9 @@ def add_model_force(
         built by :func:`scalepool.data.build_nacl_system`
     """
     if system.getNumParticles() != len(numbers):
-        raise ValueError(f"the system has {system.getNumParticles()} particles but numbers has {len(numbers)}")
+        raise ValueError(
+            f"the system has {system.getNumParticles()} particles but numbers has {len(numbers)}"
+        )
     if remove_other_forces:
         for index in reversed(range(system.getNumForces())):
             system.removeForce(index)
@@ -142,7 +145,7 @@ def model_system(numbers: np.ndarray, cell: np.ndarray, rigid_water: bool = True
     numbers = np.asarray(numbers)
     system = openmm.System()
     for z in numbers:
-        system.addParticle(openmm.app.element.Element.getByAtomicNumber(int(z)).mass)
+        system.addParticle(app.element.Element.getByAtomicNumber(int(z)).mass)
     box = np.asarray(cell, dtype=np.float64) * ANGSTROM_TO_NM
     system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) * unit.nanometer for row in box))
     if rigid_water:

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 import torch
 import torchpme.calculators.pme as _pme_module
 import torchpme.lib.mesh_interpolator as _mesh_module
-from torchpme.lib.kspace_filter import KSpaceFilter
 from torch import nn
+from torchpme.lib.kspace_filter import KSpaceFilter
 from torchpme.lib.kvectors import get_ns_mesh
 
 from ..models import AtomsBatch, ForceModel, LatentChargeEwald, MixedForceModel, SoftCoarseGraining
@@ -99,7 +99,9 @@ def _kspace_forward(self: KSpaceFilter, mesh_values: torch.Tensor) -> torch.Tens
     branch); the mesh is fixed at export, where the eager pass ran that check."""
     dims = (1, 2, 3)
     mesh_hat = torch.fft.rfftn(mesh_values, norm=self._fft_norm, dim=dims)
-    return torch.fft.irfftn(mesh_hat * self._kfilter, norm=self._ifft_norm, dim=dims, s=mesh_values.shape[-3:])
+    return torch.fft.irfftn(
+        mesh_hat * self._kfilter, norm=self._ifft_norm, dim=dims, s=mesh_values.shape[-3:]
+    )
 
 
 def _symbolic_len(value):
@@ -192,11 +194,15 @@ class Deployed(nn.Module):
     """A model with its swaps installed: ``forward(positions, numbers, cell, pbc) -> energy () eV``.
 
     Built by :func:`traceable_copy`; meant to be traced (``make_fx``), though
-    it also runs eagerly.  ``cutoffs``: every neighbour cutoff the model asks
-    for (Å); the program checks the smallest cell height against the largest.
+    it also runs eagerly.  ``atom_cutoff`` (Å): the cutoff of the one atom list
+    the others are cut from; ``max_cutoff`` (Å): the largest neighbour cutoff
+    the model asks for, which the program checks against the smallest cell
+    height; ``meshes``: P3M/PME mesh size per mesh spacing, fixed at export.
     """
 
-    def __init__(self, model: ForceModel, atom_cutoff: float, max_cutoff: float, meshes: dict[float, torch.Tensor]):
+    def __init__(
+        self, model: ForceModel, atom_cutoff: float, max_cutoff: float, meshes: dict[float, torch.Tensor]
+    ):
         super().__init__()
         self.model = model
         self.atom_cutoff, self.max_cutoff, self.meshes = atom_cutoff, max_cutoff, meshes
@@ -238,7 +244,9 @@ def traceable_copy(model: ForceModel, example: tuple[torch.Tensor, ...]) -> Depl
             module.forward = _index_add_aggregation(forward)
         if isinstance(module, LatentChargeEwald):
             if module.options["tune"]:
-                raise ValueError("an electrostatics head with tune=True cannot be exported; use fixed parameters")
+                raise ValueError(
+                    "an electrostatics head with tune=True cannot be exported; use fixed parameters"
+                )
             module.forward = functools.partial(_one_frame_electrostatics, module)
             if module.method in ("p3m", "pme"):
                 spacing = float(module.options["mesh_spacing"])

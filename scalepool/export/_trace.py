@@ -44,7 +44,7 @@ import torch
 from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .._files import write_atomic, jsonable
+from .._files import jsonable, write_atomic
 from ..models import AtomsBatch, ForceModel
 from ._swaps import traceable_copy
 
@@ -66,7 +66,9 @@ def _example(positions, numbers, cell, dtype, device) -> tuple[torch.Tensor, ...
     if positions.dim() != 2 or positions.shape[1] != 3:
         raise ValueError(f"example positions must have shape (N, 3), got {tuple(positions.shape)}")
     if numbers.shape != (positions.shape[0],):
-        raise ValueError(f"example numbers must have shape ({positions.shape[0]},), got {tuple(numbers.shape)}")
+        raise ValueError(
+            f"example numbers must have shape ({positions.shape[0]},), got {tuple(numbers.shape)}"
+        )
     if cell.shape != (3, 3):
         raise ValueError(f"example cell must have shape (3, 3), got {tuple(cell.shape)}")
     if positions.shape[0] < 2:

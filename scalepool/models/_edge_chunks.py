@@ -61,7 +61,9 @@ class _Spec:
     def chunk_inputs(self, inputs: Sequence[torch.Tensor], sl: slice) -> list[torch.Tensor]:
         """Weights as they are, node rows gathered for the chunk's edges, edge rows sliced."""
         out = list(inputs[: self.n_weights])
-        for x, index in zip(inputs[self.n_weights : self.n_weights + len(self.node_index)], self.node_index):
+        for x, index in zip(
+            inputs[self.n_weights : self.n_weights + len(self.node_index)], self.node_index, strict=True
+        ):
             out.append(torch.index_select(x, 0, index[sl]))
         out.extend(e[sl] for e in inputs[self.n_weights + len(self.node_index) :])
         return out
@@ -70,7 +72,7 @@ class _Spec:
         dst = self.dst[sl]
         if totals is None:
             totals = [m.new_zeros((self.n, *m.shape[1:])) for m in messages]
-        for total, m in zip(totals, messages):
+        for total, m in zip(totals, messages, strict=True):
             total.index_add_(0, dst, m)
         return totals
 
@@ -111,7 +113,7 @@ class _ChunkedEdgeSum(torch.autograd.Function):
             return (None,) * (1 + spec.n_inputs)
         result = _ChunkedEdgeVJP.apply(spec, wanted, *ctx.saved_tensors, *grads)
         out = [None] * spec.n_inputs
-        for k, g in zip(wanted, result):
+        for k, g in zip(wanted, result, strict=True):
             out[k] = g
         return (None, *out)
 
@@ -130,13 +132,13 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
                     xs[k].requires_grad_(True)
                 messages = _messages(spec, xs)
                 cot = [torch.index_select(g, 0, spec.dst[sl]) for g in grads]
-                pairs = [(m, c) for m, c in zip(messages, cot) if m.requires_grad]
+                pairs = [(m, c) for m, c in zip(messages, cot, strict=True) if m.requires_grad]
                 if not pairs:
                     continue
                 chunk_grads = torch.autograd.grad(
                     [m for m, _ in pairs], [xs[k] for k in wanted], [c for _, c in pairs], allow_unused=True
                 )
-            for k, total, g in zip(wanted, totals, chunk_grads):
+            for k, total, g in zip(wanted, totals, chunk_grads, strict=True):
                 spec.accumulate(k, total, g, sl)
         ctx.spec, ctx.wanted = spec, wanted
         ctx.save_for_backward(*args)
@@ -161,7 +163,7 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
                     xs[k].requires_grad_(True)
                 cot = [torch.index_select(g.detach(), 0, spec.dst[sl]).requires_grad_(True) for g in grads]
                 messages = _messages(spec, xs)
-                pairs = [(m, c) for m, c in zip(messages, cot) if m.requires_grad]
+                pairs = [(m, c) for m, c in zip(messages, cot, strict=True) if m.requires_grad]
                 if not pairs:
                     continue
                 first = torch.autograd.grad(
@@ -169,7 +171,7 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
                     create_graph=True, allow_unused=True,
                 )  # fmt: skip
                 inner = None
-                for k, g, t in zip(wanted, first, tangents):
+                for k, g, t in zip(wanted, first, tangents, strict=True):
                     if g is None:
                         continue
                     kind = spec.kind(k)
@@ -183,9 +185,9 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
                     continue
                 targets = [xs[k] for k in need_in] + [cot[o] for o in need_g]
                 second = torch.autograd.grad(inner, targets, allow_unused=True)
-            for k, g in zip(need_in, second[: len(need_in)]):
+            for k, g in zip(need_in, second[: len(need_in)], strict=True):
                 spec.accumulate(k, in_totals[k], g, sl)
-            for o, g in zip(need_g, second[len(need_in) :]):
+            for o, g in zip(need_g, second[len(need_in) :], strict=True):
                 if g is not None:
                     g_totals[o].index_add_(0, spec.dst[sl], g)
         grads_in = [in_totals.get(k) for k in range(spec.n_inputs)]
@@ -225,7 +227,7 @@ def chunked_edge_sum(
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of edges, got {chunk}")
     n_edges = dst.shape[0]
-    for k, (x, index) in enumerate(nodes):
+    for k, (_, index) in enumerate(nodes):
         if index.shape != (n_edges,):
             raise ValueError(f"node input {k}: index has shape {tuple(index.shape)}, expected ({n_edges},)")
     for k, e in enumerate(edges):

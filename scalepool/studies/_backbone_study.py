@@ -191,11 +191,11 @@ STUDY = Study(
     run=run,
     options={
         "backbones": Option(str, ("painn", "mace", "so3krates"), None, "backbones to compare", nargs="+"),
-        "steps": Option(int, 2000, 6, "optimizer steps per model (one frame each), equal for all"),
+        "steps": Option(int, 2000, 3, "optimizer steps per model (one frame each), equal for all"),
         "lr": Option(float, 1e-3, None, "AdamW learning rate"),
         "size": Option(str, "full", "small", "backbone widths", choices=("full", "small")),
         "eval_repeats": Option(int, 3, 1, "timed energy+forces evaluations (median)"),
-        "test_frames": Option(int, 0, 4, "test frames evaluated (0: the whole test split)"),
+        "test_frames": Option(int, 0, 2, "test frames evaluated (0: the whole test split)"),
     },
     default_seeds=(0, 1, 2),
     inputs="data",

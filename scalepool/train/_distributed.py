@@ -178,7 +178,9 @@ def _env_int(name: str, default: int | None = None) -> int:
     try:
         return int(text)
     except ValueError:
-        raise TrainError(f"distributed training: environment variable {name}={text!r} is not an integer") from None
+        raise TrainError(
+            f"distributed training: environment variable {name}={text!r} is not an integer"
+        ) from None
 
 
 def rank_device(device: torch.device, local_rank: int) -> torch.device:
@@ -257,10 +259,13 @@ def evaluate_sharded(model, frames: FrameSet, indices, ranks: Ranks, **kwargs) -
     local: dict[str, Any] = {"error": None}
     try:
         pred = predict_forces(model, frames, idx, **kwargs)
-        local["force"] = float(np.abs(pred["forces"].astype(np.float64) - frames.forces[idx]).sum())
+        ref = frames.forces_flat[frames.atom_index(idx)] if frames.ragged else frames.forces[idx]
+        local["force"] = float(np.abs(pred["forces"].astype(np.float64) - ref).sum())
         local["components"] = int(pred["forces"].size)
-        if frames.energy is not None:
-            local["energy"] = float(np.abs(pred["energy"] - frames.energy[idx]).sum())
+        if frames.energy is not None:  # per-atom errors of each frame (ragged: each its own count)
+            local["energy"] = float(
+                (np.abs(pred["energy"] - frames.energy[idx]) / frames.atom_counts[idx]).sum()
+            )
     except TrainError as err:
         local["error"] = f"rank {ranks.rank}: {err}"
     parts = ranks.gather_objects(local)
@@ -271,5 +276,5 @@ def evaluate_sharded(model, frames: FrameSet, indices, ranks: Ranks, **kwargs) -
     force = sum(part["force"] for part in parts) / max(sum(part["components"] for part in parts), 1)
     energy_mae = float("nan")
     if frames.energy is not None:
-        energy_mae = sum(part["energy"] for part in parts) / max(n_val, 1) / frames.n_atoms * EV_TO_MEV
+        energy_mae = sum(part["energy"] for part in parts) / max(n_val, 1) * EV_TO_MEV
     return {"force_mae_meV_A": force * EV_TO_MEV, "energy_mae_meV_atom": energy_mae}

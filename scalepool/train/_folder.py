@@ -14,7 +14,12 @@ RUN_FILES = (CHECKPOINT, BEST, LAST, HISTORY, CONFIG)
 
 
 def open_run_folder(
-    out: Path, paths: dict[str, Path], request: dict[str, Any], checksum: str, resume: bool | None, overwrite: bool
+    out: Path,
+    paths: dict[str, Path],
+    request: dict[str, Any],
+    checksum: str,
+    resume: bool | None,
+    overwrite: bool,
 ) -> tuple[bool, dict[str, Any] | None]:
     """Check ``out`` against the request; ``(resumed, the checkpoint's contents or None)``.
 
@@ -23,14 +28,18 @@ def open_run_folder(
     first) and the folder is created.  Raises :class:`TrainError` naming the folder.
     """
     if out.exists() and not out.is_dir():
-        raise TrainError(f"{out} is a file, not a folder: the run directory must be a folder (new or existing)")
+        raise TrainError(
+            f"{out} is a file, not a folder: the run directory must be a folder (new or existing)"
+        )
     if overwrite and resume is True:
         raise TrainError("overwrite starts a new run; it cannot be combined with resume=True")
     has_checkpoint = paths[CHECKPOINT].exists()
     if resume is True and not has_checkpoint:
         raise TrainError(f"cannot resume: {paths[CHECKPOINT]} does not exist")
     if resume is False and has_checkpoint and not overwrite:
-        raise TrainError(f"{out} already holds a training run ({CHECKPOINT}); resume it or use a new directory")
+        raise TrainError(
+            f"{out} already holds a training run ({CHECKPOINT}); resume it or use a new directory"
+        )
     resumed = has_checkpoint and not overwrite
     saved = None
     if resumed:

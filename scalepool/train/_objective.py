@@ -59,7 +59,9 @@ class BatchLoss(nn.Module):
     ``energy`` (n_frames,) eV, ``stress`` (n_frames, 3, 3) eV/Å^3 with a stress loss).
     """
 
-    def __init__(self, model: nn.Module, frames: FrameSet, settings: TrainSettings, ranks: Ranks, device, dtype):
+    def __init__(
+        self, model: nn.Module, frames: FrameSet, settings: TrainSettings, ranks: Ranks, device, dtype
+    ):
         super().__init__()
         self.model = model
         self.frames, self.ranks, self.device, self.dtype = frames, ranks, device, dtype

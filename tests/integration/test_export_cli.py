@@ -45,7 +45,10 @@ def test_export_command_writes_a_checked_float64_archive(files, capsys):
     # another frame than the example one
     positions, cell = frames.positions[0], frames.cell[0]
     energy, forces = program(
-        torch.tensor(positions), torch.tensor(frames.numbers), torch.tensor(cell), torch.ones(3, dtype=torch.bool)
+        torch.tensor(positions),
+        torch.tensor(frames.numbers),
+        torch.tensor(cell),
+        torch.ones(3, dtype=torch.bool),
     )
     ref_energy, ref_forces = reference_energy_forces(model.double(), positions, frames.numbers, cell)
     assert forces.dtype == torch.float64

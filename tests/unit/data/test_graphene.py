@@ -10,8 +10,15 @@ import pytest
 from ase import Atoms
 
 from scalepool.cli import main
-from scalepool.data import FrameSet, graphene_profile_path, graphene_reference
+from scalepool.data import (
+    FrameSet,
+    binding_curves,
+    graphene_profile_path,
+    graphene_reference,
+    isolated_references,
+)
 from scalepool.data import _graphene as G
+from scalepool.data import _graphene_profile as G_profile
 from scalepool.data._nacl_checkpoint import CheckpointMismatch
 
 tblite_ase = pytest.importorskip("tblite.ase")
@@ -82,6 +89,24 @@ def test_profile_file(written):
     idx = [i for i, m in enumerate(meta["frame_molecule"]) if m == "benzene"]
     binding = profile.energy[idx] - ref["sheet"] - ref["benzene"]
     assert binding[1] < 0 < binding[0]
+    curves = binding_curves(profile)
+    np.testing.assert_allclose(curves["benzene"]["binding"], binding)
+    assert 2.5 < curves["benzene"]["d_eq"] < 7.5 and curves["benzene"]["e_bind"] <= binding.min()
+    rebuilt = isolated_references(meta)  # a model's own references come from these structures
+    assert ref["water"] == pytest.approx(_tblite(rebuilt["water"])[0], abs=1e-5)
+
+
+def test_equilibrium_of_a_lennard_jones_curve():
+    sigma, eps = 3.2, 0.1  # Å, eV
+    d = np.arange(2.5, 10.0001, 0.1)
+    e = 4 * eps * ((sigma / d) ** 12 - (sigma / d) ** 6)
+    d_eq, e_min = G_profile.equilibrium(d, e)
+    assert d_eq == pytest.approx(2 ** (1 / 6) * sigma, abs=5e-3)
+    assert e_min == pytest.approx(-eps, abs=1e-3)
+    assert G_profile.equilibrium(d[:5], -d[:5]) == (
+        pytest.approx(d[4]),
+        pytest.approx(-d[4]),
+    )  # minimum at the end
 
 
 @pytest.mark.slow

@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from scalepool.export import SIGNATURE, export_model, load_exported, metadata, reference_energy_forces, save_exported
+from scalepool.export import (
+    SIGNATURE,
+    export_model,
+    load_exported,
+    metadata,
+    reference_energy_forces,
+    save_exported,
+)
 from scalepool.testing import TOLERANCES
 
 #: eV/Å, float32: the issue's bound on |F_exported - F_model|.
@@ -93,7 +100,9 @@ def test_exported_models_run_without_scalepool_and_match(nacl_frame, exported):
             forces = out[f"{kind}_{case}_forces"]
             assert forces.shape == (len(z), 3)
             assert float(ref_forces.abs().max()) > 0.05, f"{kind}: forces too small to test anything"
-            np.testing.assert_allclose(forces, ref_forces.numpy(), rtol=0, atol=FORCE_ATOL, err_msg=f"{kind} {case}")
+            np.testing.assert_allclose(
+                forces, ref_forces.numpy(), rtol=0, atol=FORCE_ATOL, err_msg=f"{kind} {case}"
+            )
             assert float(out[f"{kind}_{case}_energy"]) == pytest.approx(
                 float(ref_energy), abs=tol["atol"], rel=tol["rtol"]
             ), f"{kind} {case}"

@@ -13,10 +13,10 @@ from scalepool.export import (
     WATER_OH,
     add_model_force,
     export_model,
+    load_exported,
     model_system,
     reference_energy_forces,
     save_exported,
-    load_exported,
 )
 from scalepool.testing import TOLERANCES
 from scalepool.units import ANGSTROM_TO_NM, KJ_PER_MOL_NM_TO_EV_PER_ANGSTROM, KJ_PER_MOL_TO_EV
@@ -25,7 +25,9 @@ FORCE_ATOL = 1e-5  # eV/Å, float32 model; OpenMM's Reference platform is double
 
 
 def _openmm_energy_forces(system, positions, cell):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(
+        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
     context.setPeriodicBoxVectors(*(openmm.Vec3(*row) for row in cell * ANGSTROM_TO_NM))
     context.setPositions(positions * ANGSTROM_TO_NM)
     state = context.getState(getEnergy=True, getForces=True)
@@ -66,7 +68,9 @@ def test_model_system_keeps_water_rigid_with_settle(nacl_frame, small_model):
     n_water = int((numbers == 8).sum())
     assert system.getNumConstraints() == 3 * n_water
     add_model_force(system, small_model("short"), numbers)
-    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.001 * unit.picoseconds)
+    integrator = openmm.LangevinMiddleIntegrator(
+        300 * unit.kelvin, 1 / unit.picosecond, 0.001 * unit.picoseconds
+    )
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
     context.setPeriodicBoxVectors(*(openmm.Vec3(*row) for row in cell * ANGSTROM_TO_NM))
     context.setPositions(positions * ANGSTROM_TO_NM)

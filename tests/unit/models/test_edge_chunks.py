@@ -9,7 +9,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from scalepool import testing as T
-from scalepool.models import AtomsBatch, LongRangeBranch, MuSE, PaiNN, SchNet, ShortRangeBranch
+from scalepool.models import AtomsBatch, LongRangeBranch, MuSE, PaiNN, ShortRangeBranch
 from scalepool.models._edge_chunks import chunked_edge_sum
 from scalepool.units import CHLORINE, SODIUM
 
@@ -91,7 +91,9 @@ def _branch(kind: str, chunk: int):
 
 @pytest.fixture(scope="module")
 def periodic():
-    return AtomsBatch.from_frameset(T.random_frames(n_atoms=14, box=7.0, n_frames=2, seed=5), dtype=torch.float64)
+    return AtomsBatch.from_frameset(
+        T.random_frames(n_atoms=14, box=7.0, n_frames=2, seed=5), dtype=torch.float64
+    )
 
 
 def _energy_forces_and_loss_gradients(model, batch):

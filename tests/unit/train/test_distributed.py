@@ -17,8 +17,8 @@ from standins import PairModel, make_frames
 
 from scalepool.data import FrameSet
 from scalepool.testing import TOLERANCES, random_frames
-from scalepool.train import TrainError, TrainSettings
-from scalepool.train._distributed import Ranks, check_shards, init_ranks, rank_device
+from scalepool.train import TrainError, TrainSettings, evaluate_forces
+from scalepool.train._distributed import Ranks, check_shards, evaluate_sharded, init_ranks, rank_device
 from scalepool.train._objective import BatchLoss
 from scalepool.train._settings import epoch_batches
 
@@ -52,7 +52,10 @@ def _loss_and_grad(frames, settings, ranks, index, shard):
 
 def _ragged(n_frames=5):
     """Periodic frames of 6 to 14 atoms in the ragged layout, random reference forces and energies."""
-    parts = [random_frames(n_atoms=6 + 2 * i, box=7.0, n_frames=1, seed=i, triclinic=False) for i in range(n_frames)]
+    parts = [
+        random_frames(n_atoms=6 + 2 * i, box=7.0, n_frames=1, seed=i, triclinic=False)
+        for i in range(n_frames)
+    ]
     rng = np.random.default_rng(1)
     positions = np.concatenate([p.positions.reshape(-1, 3) for p in parts])
     numbers = np.concatenate([np.resize([1, 8, 11, 17], p.n_atoms) for p in parts])
@@ -71,11 +74,17 @@ def test_rank_average_of_weighted_shard_losses_is_the_batch_loss(loss, world, la
     settings = TrainSettings(loss=loss, energy_weight=0.3, dtype="float64")
     index = np.array([4, 0, 3, 1, 2])  # 5 frames: shards of 3 + 2, or 2 + 2 + 1
     whole, whole_grad = _loss_and_grad(frames, settings, Ranks(), index, index)
-    parts = [_loss_and_grad(frames, settings, Ranks(r, world), index, Ranks(r, world).shard(index)) for r in range(world)]
+    parts = [
+        _loss_and_grad(frames, settings, Ranks(r, world), index, Ranks(r, world).shard(index))
+        for r in range(world)
+    ]
     np.testing.assert_allclose(np.mean([p[0] for p in parts]), whole, **F64)
     np.testing.assert_allclose(np.mean([p[1] for p in parts], axis=0), whole_grad, **F64)
     # without the weights the rank average is another number (the check can fail)
-    plain = [_loss_and_grad(frames, settings, Ranks(), index, Ranks(r, world).shard(index))[0] for r in range(world)]
+    plain = [
+        _loss_and_grad(frames, settings, Ranks(), index, Ranks(r, world).shard(index))[0]
+        for r in range(world)
+    ]
     assert abs(np.mean(plain) - whole) > 1e-6 * abs(whole)
 
 
@@ -111,3 +120,34 @@ def test_launch_environment(monkeypatch):
     assert rank_device(cpu, 3) == cpu
     with pytest.raises(TrainError, match="names one GPU, but every rank would use it"):
         rank_device(torch.device("cuda:1"), 0)
+
+
+@pytest.mark.parametrize("layout", ["fixed", "ragged"])
+def test_validation_summed_over_ranks_equals_one_process(layout):
+    """Each rank's error sums, joined as the process group would, give the one-process MAEs."""
+    frames = make_frames(n_frames=7) if layout == "fixed" else _ragged(7)
+    model = PairModel(seed=0).double()
+    model.species_shift.fill_(-0.125)
+    index = np.array([6, 1, 2, 5, 0])
+    options = {"batch_size": 2, "dtype": torch.float64}
+
+    class Recorder(Ranks):  # rank 1: what it would send
+        def gather_objects(self, value):
+            self.sent = value
+            return [value] * self.world_size
+
+    class Joined(Ranks):  # rank 0: receives rank 1's part
+        def gather_objects(self, value):
+            return [value, rank1.sent]
+
+    rank1 = Recorder(1, 2)
+    evaluate_sharded(model, frames, index, rank1, **options)
+    joined = evaluate_sharded(model, frames, index, Joined(0, 2), **options)
+    whole = evaluate_forces(model, frames, index, **options)
+    assert set(joined) == set(whole)
+    for key, value in whole.items():
+        np.testing.assert_allclose(joined[key], value, **F64, err_msg=key)
+    # a rank whose prediction fails stops every rank with its message
+    rank1.sent = {**rank1.sent, "error": "rank 1: non-finite forces for frame(s) [5]"}
+    with pytest.raises(TrainError, match=r"rank 1: non-finite forces for frame\(s\) \[5\]"):
+        evaluate_sharded(model, frames, index, Joined(0, 2), **options)

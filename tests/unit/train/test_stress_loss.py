@@ -78,7 +78,9 @@ def test_stress_term_is_the_finite_difference_stress_error(frames, loss):
 
     def batch_loss(stress_weight):
         settings = TrainSettings(loss=loss, energy_weight=0.2, stress_weight=stress_weight, dtype="float64")
-        return float(BatchLoss(model, frames, settings, Ranks(), "cpu", torch.float64)(index, index)["loss"].detach())
+        return float(
+            BatchLoss(model, frames, settings, Ranks(), "cpu", torch.float64)(index, index)["loss"].detach()
+        )
 
     model.eval()
     numeric = np.stack([finite_difference_stress(model, frames, f) for f in index])
@@ -96,7 +98,9 @@ def test_stress_training_runs_records_and_refuses_other_weights(frames, tmp_path
     from scalepool.train import read_run_config
 
     assert read_run_config(tmp_path)["request"]["stress_weight"] == 10.0
-    with pytest.raises(TrainError, match=r"different settings \(stress_weight: checkpoint 10.0 vs requested 1.0\)"):
+    with pytest.raises(
+        TrainError, match=r"different settings \(stress_weight: checkpoint 10.0 vs requested 1.0\)"
+    ):
         train(_model(0), frames, tmp_path, stress_weight=1.0, **SETTINGS)
     # off by default: the request of runs from before the stress loss is unchanged
     assert "stress_weight" not in TrainSettings().request("short", {})
@@ -106,8 +110,12 @@ def test_stress_training_runs_records_and_refuses_other_weights(frames, tmp_path
 
 
 def test_stress_weight_without_labels_is_refused(frames, tmp_path):
-    unlabelled = FrameSet(frames.positions, frames.forces, frames.numbers, cell=frames.cell, energy=frames.energy)
-    with pytest.raises(TrainError, match=r"stress_weight=1.0 \(--stress-weight\) but the dataset has no stress labels"):
+    unlabelled = FrameSet(
+        frames.positions, frames.forces, frames.numbers, cell=frames.cell, energy=frames.energy
+    )
+    with pytest.raises(
+        TrainError, match=r"stress_weight=1.0 \(--stress-weight\) but the dataset has no stress labels"
+    ):
         train(_model(0), unlabelled, tmp_path / "run", stress_weight=1.0, **SETTINGS)
     assert not (tmp_path / "run").exists()
     open_frames = random_frames(n_atoms=8, n_frames=4, periodic=False)
@@ -126,7 +134,9 @@ def test_rank_average_with_stress_is_the_batch_loss(frames):
         model = _model(0)
         model.train()
         loss = BatchLoss(model, frames, settings, ranks, "cpu", torch.float64)(index, shard)["loss"]
-        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        grads = torch.autograd.grad(
+            loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True
+        )
         return float(loss.detach()), np.concatenate([g.reshape(-1).numpy() for g in grads if g is not None])
 
     whole = loss_and_grad(Ranks(), index)
