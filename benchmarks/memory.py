@@ -268,7 +268,8 @@ def main(argv=None) -> int:
                     done = [
                         r for r in rows if r["branch"] == branch and r["mode"] == mode and r["status"] == "ok"
                     ]
-                    predicted = max((r["kb_per_atom"] for r in done), default=0.0) * n_atoms / 2**20
+                    largest = max(done, key=lambda r: r["n_atoms"], default=None)
+                    predicted = 0.0 if largest is None else largest["kb_per_atom"] * n_atoms / 2**20
                     if predicted > args.max_rss_gb:
                         row["status"] = "skipped"
                     else:

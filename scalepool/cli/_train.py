@@ -276,7 +276,11 @@ def _test_table(path, frames):
         from ..data import frameset_descriptors
     except ImportError:  # descriptors not available: no close-contact rows
         frameset_descriptors = None
-    if frameset_descriptors is not None:
+    if cache.ragged:  # frame by frame, each frame's own cell (open frames: plain distances)
+        from ..metrics import Subsets
+
+        nearest = Subsets.of_cache(cache.select("test")).nearest_ion
+    elif frameset_descriptors is not None:
         test = np.asarray(cache.meta["frame_index"])[cache.frames("test")]
         nearest = frameset_descriptors(frames[test])["nearest_ion"]
     return cache_errors(cache, "test", nearest_ion=nearest)

@@ -34,13 +34,44 @@ SUBSET_METRICS = ("overall_mae", "close_contact_mae", "contact_frame_mae", "near
 
 @dataclasses.dataclass(frozen=True)
 class Subsets:
-    """Atom masks of F frames of N atoms, each (F, N) bool, and the nearest-ion distance (F, N) Å."""
+    """Atom masks of F frames of N atoms, each (F, N) bool, and the nearest-ion distance (F, N) Å.
+
+    Ragged frames (:meth:`of_cache` on a ragged cache): every array is flat ``(T,)`` and
+    ``frame`` ``(T,)`` holds the frame of each atom (``None`` for the fixed layout).
+    """
 
     ions: np.ndarray
     contact_ions: np.ndarray
     contact_frames: np.ndarray
     near_ion: np.ndarray
     nearest_ion: np.ndarray
+    frame: np.ndarray | None = None
+
+    @classmethod
+    def of_cache(
+        cls,
+        cache,
+        contact_distance: float = CONTACT_PAIR_DISTANCE,
+        near_cutoff: float = CLOSE_CONTACT_CUTOFF,
+    ) -> Subsets:
+        """The subsets of every frame of a :class:`~scalepool.data.PredictionCache`, in its layout.
+
+        Fixed: :meth:`of` on its arrays.  Ragged: frame by frame, each with its own
+        cell (open frames: plain distances), flat ``(T,)`` masks.
+        """
+        if not getattr(cache, "ragged", False):
+            return cls.of(cache.positions, cache.numbers, cache.cell, contact_distance, near_cutoff)
+        nearest, contact = [], []
+        for i in range(cache.n_frames):
+            positions, numbers, cell = cache.frame_geometry(i)
+            cells = None if cell is None else cell[None]
+            nearest.append(nearest_ion_distance_frames(positions[None], numbers, cells).reshape(-1))
+            contact.append(contact_ion_mask(positions[None], numbers, cells, contact_distance)[0])
+        nearest, contact = np.concatenate(nearest), np.concatenate(contact)
+        frame = cache.atom_frame
+        frames_with_contact = np.bincount(frame, weights=contact, minlength=cache.n_frames) > 0
+        ions = np.isin(cache.numbers, ION_NUMBERS)
+        return cls(ions, contact, frames_with_contact[frame], nearest < near_cutoff, nearest, frame)
 
     @classmethod
     def of(
@@ -62,15 +93,16 @@ class Subsets:
 
     def sizes(self) -> dict[str, int]:
         """``n_contact_ions`` (ion-frames in a contact pair) and ``n_contact_frames``."""
-        return {
-            "n_contact_ions": int(self.contact_ions.sum()),
-            "n_contact_frames": int(self.contact_frames[:, 0].sum()) if self.contact_frames.size else 0,
-        }
+        if self.frame is not None:
+            n_frames = len(np.unique(self.frame[self.contact_frames]))
+        else:
+            n_frames = int(self.contact_frames[:, 0].sum()) if self.contact_frames.size else 0
+        return {"n_contact_ions": int(self.contact_ions.sum()), "n_contact_frames": n_frames}
 
 
 def subset_errors(abs_error: np.ndarray, subsets: Subsets) -> dict[str, float]:
-    """MAEs of every subset (meV/Å) from absolute force errors ``(F, N, 3)`` eV/Å; NaN for
-    an empty subset."""
+    """MAEs of every subset (meV/Å) from absolute force errors ``(F, N, 3)`` eV/Å (ragged
+    subsets: flat ``(T, 3)``); NaN for an empty subset."""
 
     def mean(mask: np.ndarray) -> float:
         return EV_TO_MEV * float(abs_error[mask].mean()) if mask.any() else float("nan")

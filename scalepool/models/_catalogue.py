@@ -88,7 +88,9 @@ def build_muse_branch(**overrides: Any) -> MuSE:
     (``coarse_cutoff=10``, ``n_levels=2``; ``coarse_n_rbf`` sets its
     ``n_rbf``); ``backbone_config`` gives a whole backbone config dict
     (any registered model); every other key goes to the short branch
-    (``cutoff``, ``backbone="schnet"``, ``n_features``, ``n_interactions``, ...).
+    (``cutoff``, ``backbone="schnet"``, ``n_features``, ``n_interactions``, ...;
+    ``backbone="mace"`` or ``"so3krates"`` with their own option names, see
+    :class:`~scalepool.models.MACEBackbone` and :class:`~scalepool.models.SO3kratesBackbone`).
     """
     wrapper = {key: overrides.pop(key) for key in list(overrides) if key in _MUSE_ARGUMENTS}
     if "coarse_n_rbf" in overrides:

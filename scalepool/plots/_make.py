@@ -11,6 +11,7 @@ from . import _branch_figures as branch
 from . import _hessian_figures as hessian
 from . import _scale_figures as scale
 from . import _search_figures as search
+from . import _testbed_figures as testbed
 from ._style import save, use_style
 
 #: name -> function(results root) -> Figure or None, in the report's order.
@@ -26,6 +27,9 @@ FIGURES = {
     "optuna_history": search.optuna_history,
     "optuna_importance": search.optuna_importance,
     "hessian": hessian.hessian_spectra,
+    "folding_md": testbed.folding_md,
+    "folding_errors": testbed.folding_errors,
+    "graphene_profiles": testbed.graphene_profiles,
 }
 #: The figures the README shows.
 KEY_FIGURES = (

@@ -12,6 +12,7 @@ from which :func:`scalepool.train.evaluate_model` reads the split.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from pathlib import Path
@@ -52,6 +53,26 @@ def pair_runs(cache: PredictionCache, pair: tuple[str, str], runs=None, pred="th
                     f"{expected[0]}) and {pair[1]!r} (s=1, run {expected[1]}); pass those runs in that order"
                 )
     return runs
+
+
+def _random_split_frames(cache: PredictionCache, runs, configs, pred) -> dict[str, list[int]] | None:
+    """The frames of each block when the runs were trained with a random split (the cache and
+    every run must record the same), else ``None`` (time blocks)."""
+    recorded = [config["split"].get("indices") for config in configs]
+    if all(r is None for r in recorded) and cache.meta.get("split_frames") is None:
+        return None
+    sources = [(str(pred), cache.meta.get("split_frames"))] + [
+        (str(run), r) for run, r in zip(runs, recorded, strict=True)
+    ]
+    lists = [(where, None if r is None else {k: list(map(int, r[k])) for k in ("train", "val", "test")})
+             for where, r in sources]  # fmt: skip
+    for where, r in lists:
+        if r is None or r != lists[0][1]:
+            raise ValueError(
+                f"{where} and {lists[0][0]} record different (random) split frames; the mixed model needs "
+                "the runs' and the cache's split to agree"
+            )
+    return lists[0][1]
 
 
 def _load(path: Path, device: str):
@@ -115,11 +136,16 @@ def mix_from_cache(
     if len(splits) != 1:
         raise ValueError(f"the runs and the cache disagree on the split: {sorted(splits)}")
     fractions, gap = splits.pop()
-    train_index = frames.split_indices(fractions, gap)["train"]
+    split_frames = _random_split_frames(cache, runs, configs, pred)
+    if split_frames is None:
+        train_index = frames.split_indices(fractions, gap)["train"]
+    else:
+        train_index = np.asarray(split_frames["train"], dtype=np.int64)
     cached_train = np.asarray(cache.meta.get("frame_index", np.arange(cache.n_frames)))[cache.frames("train")]
     if not np.array_equal(cached_train, train_index):
         raise ValueError(
             f"the cache's train frames differ from the train block of split {fractions} gap {gap}"
+            + ("" if split_frames is None else " (random split recorded by the runs)")
         )
 
     model = MixedForceModel(*(_load(run / BEST, device) for run in runs), hidden=hidden, layers=layers).to(
@@ -128,14 +154,11 @@ def mix_from_cache(
     warm = None
     if router_steps > 0:
         # the warm start routes between the pair's cached forces, whatever the cache's anchors
-        view = cache.select("train")
-        view = PredictionCache(
-            forces_ref=view.forces_ref, branches=view.branches, numbers=view.numbers, positions=view.positions,
-            cell=view.cell, split=view.split, anchors=pair, meta=view.meta,
-        )  # fmt: skip
+        view = dataclasses.replace(cache.select("train"), anchors=pair)  # either layout
         warm = fit_router(model, view, steps=router_steps, seed=seed)
     result = fit_mixed_model(
-        model, frames, train_index, split_fractions=fractions, split_gap=gap, steps=steps, epochs=epochs,
+        model, frames, train_index, split_fractions=fractions, split_gap=gap, split_frames=split_frames,
+        steps=steps, epochs=epochs,
         frames_per_step=frames_per_step, lr=lr, delta_lr=delta_lr, train_delta=train_delta,
         monitor_frames=monitor_frames, seed=seed, progress=progress,
     )  # fmt: skip
@@ -149,6 +172,7 @@ def mix_from_cache(
         "dataset_checksum": checksum,
         "split_fractions": list(fractions),
         "split_gap": gap,
+        **({} if split_frames is None else {"split_mode": "random", "split_frames": split_frames}),
         "settings": {
             "hidden": hidden,
             "layers": layers,

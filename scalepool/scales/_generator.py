@@ -33,20 +33,28 @@ def interpolate(f0: np.ndarray, f1: np.ndarray, scales: np.ndarray | float) -> n
 
     Parameters
     ----------
-    f0, f1 : (F, N, 3), eV/Å
-    scales : scalar, (F,) per frame or (F, N) per atom, in [0, 1]
+    f0, f1 : (F, N, 3), eV/Å; or flat (T, 3) for ragged frames
+    scales : scalar, (F,) per frame or (F, N) per atom, in [0, 1]; flat forces take a
+        scalar or (T,) per atom
 
     Returns
     -------
-    (F, N, 3), eV/Å
+    (F, N, 3) [(T, 3)], eV/Å
     """
-    s = broadcast_scales(scales, f0.shape[:2])[..., None]
+    s = broadcast_scales(scales, f0.shape[:-1])[..., None]
     return f0 + s * (f1 - f0)
 
 
-def broadcast_scales(scales: np.ndarray | float, shape: tuple[int, int]) -> np.ndarray:
-    """Scalar, per-frame ``(F,)`` or per-atom ``(F, N)`` scales as an ``(F, N)`` array."""
+def broadcast_scales(scales: np.ndarray | float, shape: tuple[int, ...]) -> np.ndarray:
+    """Scalar, per-frame ``(F,)`` or per-atom ``(F, N)`` scales as an ``(F, N)`` array; for a flat
+    ``shape = (T,)`` a scalar or per-atom ``(T,)`` as ``(T,)``."""
     s = np.asarray(scales, dtype=np.float64)
+    if len(shape) == 1:
+        if s.ndim == 0:
+            return np.full(shape, float(s))
+        if s.shape == tuple(shape):
+            return s
+        raise ValueError(f"flat (ragged) scales must be a scalar or per atom {tuple(shape)}; got {s.shape}")
     n_frames, n_atoms = shape
     if s.ndim == 0:
         return np.full(shape, float(s))
@@ -83,9 +91,7 @@ class CachedGenerator(ScaleGenerator):
         self.reference = cache
 
     def anchor_forces(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        f0, f1 = self.reference.anchor_forces()
-        if frames is not None:
-            f0, f1 = f0[frames], f1[frames]
+        f0, f1 = self.reference.anchor_forces(frames)  # (F, N, 3), or (T, 3) for a ragged cache
         return f0.astype(np.float64), f1.astype(np.float64)
 
     def forces_at(self, scales: np.ndarray | float, frames: np.ndarray | None = None) -> np.ndarray:
@@ -94,7 +100,8 @@ class CachedGenerator(ScaleGenerator):
 
 
 class FunctionGenerator(ScaleGenerator):
-    """Hook for live models: wrap ``forces_fn(scales, frames) -> (F, N, 3) eV/Å``.
+    """Hook for live models: wrap ``forces_fn(scales, frames) -> (F, N, 3) eV/Å``
+    (a ragged reference: ``(T, 3)`` for the frames' atoms back to back, with ``(T,)`` scales).
 
     ``scales`` reaches ``forces_fn`` as an ``(F, N)`` per-atom array for the
     frame indices ``frames`` (a ``(F,)`` int array into ``reference``).  The
@@ -113,14 +120,18 @@ class FunctionGenerator(ScaleGenerator):
         self.is_linear = bool(is_linear)
 
     def _frames(self, frames: np.ndarray | None) -> np.ndarray:
-        return np.arange(len(self.reference.positions)) if frames is None else np.asarray(frames)
+        n_frames = self.reference.n_frames if hasattr(self.reference, "n_frames") else len(self.reference.positions)
+        return np.arange(n_frames) if frames is None else np.asarray(frames)
 
     def anchor_forces(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.forces_at(0.0, frames), self.forces_at(1.0, frames)
 
     def forces_at(self, scales: np.ndarray | float, frames: np.ndarray | None = None) -> np.ndarray:
         frames = self._frames(frames)
-        shape = (frames.size, self.reference.positions.shape[1])
+        if getattr(self.reference, "ragged", False):  # flat: (T_sel,) scales, (T_sel, 3) forces
+            shape = (int(np.asarray(self.reference.atom_counts)[frames].sum()),)
+        else:
+            shape = (frames.size, self.reference.positions.shape[1])
         forces = np.asarray(self.forces_fn(np.ascontiguousarray(broadcast_scales(scales, shape)), frames))
         if forces.shape != (*shape, 3):
             raise ValueError(f"forces_fn returned shape {forces.shape}, expected {(*shape, 3)}")

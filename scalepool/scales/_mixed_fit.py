@@ -33,9 +33,19 @@ def cache_router_features(
     model: MixedForceModel, cache: PredictionCache, frames_per_batch: int = 8
 ) -> torch.Tensor:
     """(F, N, n_in) raw router features of every frame of ``cache`` (labels unused),
-    from the same torch function the model uses in MD."""
+    from the same torch function the model uses in MD; (T, n_in) for a ragged cache
+    (one frame per model call, each with its own cell or none)."""
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
+    if cache.ragged:
+        rows = []
+        for i in range(cache.n_frames):
+            positions, numbers, cell = cache.frame_geometry(i)
+            batch = AtomsBatch.from_arrays(
+                positions[None], numbers, None if cell is None else cell[None], device=device, dtype=dtype
+            )
+            rows.append(model.features(batch))
+        return torch.cat(rows, dim=0)
     out = []
     for start in range(0, cache.n_frames, frames_per_batch):
         index = np.arange(start, min(start + frames_per_batch, cache.n_frames))
@@ -153,13 +163,19 @@ class MixedFitResult:
         return dataclasses.asdict(self)
 
 
-def check_train_frames(frames: FrameSet, index, split_fractions, split_gap: int = 0) -> np.ndarray:
+def check_train_frames(
+    frames: FrameSet, index, split_fractions, split_gap: int = 0, split_frames: dict | None = None
+) -> np.ndarray:
     """``index`` as an int array, or :class:`LeakageError` when a frame lies outside the
-    train block of the time-block split ``(split_fractions, split_gap)``."""
+    train block of the time-block split ``(split_fractions, split_gap)``, or of the
+    recorded blocks ``split_frames`` (``{"train", "val", "test"}`` frame lists of a random split)."""
     index = np.atleast_1d(np.asarray(index))
     if index.size == 0 or not np.issubdtype(index.dtype, np.integer):
         raise ValueError(f"train_index must be a non-empty array of frame indices, got {index!r}")
-    blocks = frames.split_indices(tuple(split_fractions), split_gap)
+    if split_frames is not None:
+        blocks = {name: np.asarray(split_frames[name], dtype=np.int64) for name in ("train", "val", "test")}
+    else:
+        blocks = frames.split_indices(tuple(split_fractions), split_gap)
     outside = np.setdiff1d(index, blocks["train"])
     if outside.size:
         where = [name for name in ("val", "test") if np.isin(outside, blocks[name]).any()]
@@ -186,11 +202,20 @@ def _chunks(index: np.ndarray, size: int):
     return [index[i : i + size] for i in range(0, len(index), size)]
 
 
+def _frame_chunks(frames: FrameSet, index: np.ndarray, size: int):
+    """Chunks of ``index`` the models can batch: a ragged dataset's periodic and open frames
+    apart (each in the given order), a fixed one as :func:`_chunks`."""
+    if not frames.ragged:
+        return _chunks(index, size)
+    periodic = frames.pbc[index].all(axis=1)
+    return [c for part in (index[periodic], index[~periodic]) for c in _chunks(part, size)]
+
+
 def _monitor(model: MixedForceModel, frames: FrameSet, index: np.ndarray, size: int, branches: bool):
     """Force MAEs (meV/Å) of the mixed model (and of each branch) and the mean scale on ``index``."""
     sums, n, s_sum = np.zeros(3), 0, 0.0
     members = [model, model.branch0, model.branch1] if branches else [model]
-    for chunk in _chunks(index, size):
+    for chunk in _frame_chunks(frames, index, size):
         batch = _batch(model, frames, chunk)
         for k, member in enumerate(members):
             forces = member(batch, create_graph=False)["forces"].detach()
@@ -209,7 +234,7 @@ def _centre_delta(model: MixedForceModel, frames: FrameSet, index: np.ndarray, s
     model.delta_correction.zero_()
     sums = torch.zeros_like(model.delta_correction)
     counts = torch.zeros_like(model.delta_correction)
-    for chunk in _chunks(index, size):
+    for chunk in _frame_chunks(frames, index, size):
         batch = _batch(model, frames, chunk)
         gap = (
             model.branch1.atomic_energies(batch)
@@ -228,6 +253,7 @@ def fit_mixed_model(
     *,
     split_fractions: tuple[float, float, float],
     split_gap: int = 0,
+    split_frames: dict | None = None,
     steps: int | None = 200,
     epochs: int | None = None,
     frames_per_step: int = 1,
@@ -260,6 +286,8 @@ def fit_mixed_model(
     split_fractions, split_gap : the time-block split the branches were trained
         with; every frame of ``train_index`` must lie in its train block
         (:class:`LeakageError` otherwise)
+    split_frames : ``{"train", "val", "test"}`` frame lists of a random split (as
+        recorded by the runs); replaces the time blocks of ``split_fractions``
     steps, epochs : budget in optimiser steps, or in passes over ``train_index``
         (``epochs`` wins when given); never wall-clock
     frames_per_step : frames per optimiser step
@@ -280,9 +308,9 @@ def fit_mixed_model(
         raise TypeError(f"fit_mixed_model fits a MixedForceModel, got {type(model).__name__}")
     if model.hard:
         raise ValueError("a hard (0/1) router has no gradient and is not conservative; fit with hard=False")
-    if frames.forces is None:
+    if frames.forces_flat is None:
         raise ValueError("fitting needs the frames' reference forces")
-    index = check_train_frames(frames, train_index, split_fractions, split_gap)
+    index = check_train_frames(frames, train_index, split_fractions, split_gap, split_frames)
     if frames_per_step < 1:
         raise ValueError(f"frames_per_step must be >= 1, got {frames_per_step}")
     per_epoch = -(-len(index) // frames_per_step)
@@ -323,7 +351,7 @@ def fit_mixed_model(
             range(n_steps), disable=not progress, desc="fit mixed", unit="step", dynamic_ncols=True
         ):
             if not order:
-                order = _chunks(rng.permutation(index), frames_per_step)[::-1]
+                order = _frame_chunks(frames, rng.permutation(index), frames_per_step)[::-1]
             batch = _batch(model, frames, order.pop())
             optimizer.zero_grad(set_to_none=True)
             forces = model(batch, create_graph=True)["forces"]
@@ -362,7 +390,7 @@ def fit_mixed_model(
 @torch.no_grad()
 def _standardise_features(model: MixedForceModel, frames: FrameSet, index: np.ndarray, size: int) -> None:
     """Feature mean and std over the atoms of the ``index`` frames (train frames only)."""
-    feats = torch.cat([model.features(_batch(model, frames, chunk)) for chunk in _chunks(index, size)])
+    feats = torch.cat([model.features(_batch(model, frames, c)) for c in _frame_chunks(frames, index, size)])
     model.feature_mean.copy_(feats.mean(dim=0))
     model.feature_std.copy_(
         feats.std(dim=0).clamp_min(1e-6) if feats.shape[0] > 1 else torch.ones_like(feats[0])

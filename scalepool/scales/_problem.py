@@ -14,7 +14,14 @@ import numpy as np
 from ..data import PredictionCache, split_code
 from ._generator import ScaleGenerator, as_generator
 from ._oracle import check_loss, hard_route, optimal_scale, pointwise_loss, sample_losses_linear, segment_sum
-from ._samples import SampleGroups, sample_groups
+from ._samples import SampleGroups, cache_groups
+
+
+def _take(reference, array: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """The frames of a per-atom array of ``reference`` in its layout (see ``PredictionCache.take``)."""
+    if hasattr(reference, "take"):
+        return reference.take(array, frames)
+    return array[reference.atom_index(frames)] if getattr(reference, "ragged", False) else array[frames]
 
 
 class RoutingProblem:
@@ -31,9 +38,9 @@ class RoutingProblem:
     ----------
     frames : (F_split,) indices of the split's frames in the generator's reference
     groups : :class:`SampleGroups` of those frames
-    forces_ref : (F_split, N, 3) eV/Å
+    forces_ref : (F_split, N, 3) eV/Å; flat (T_split, 3) for a ragged reference
     a, d : (M,) eV/Å residuals ``F_ref - F_0`` and ``F_1 - F_0`` (linear generators only)
-    n_components : M = 3 N F_split
+    n_components : M = 3 N F_split (ragged: 3 T_split)
     """
 
     def __init__(
@@ -57,11 +64,8 @@ class RoutingProblem:
         )
         if self.frames.size == 0:
             raise ValueError(f"no frames in split '{split}'")
-        cell = None if ref.cell is None else np.asarray(ref.cell)[self.frames]
-        self.groups: SampleGroups = sample_groups(
-            granularity, ref.numbers, np.asarray(ref.positions)[self.frames], cell
-        )
-        self.forces_ref = np.asarray(ref.forces_ref, dtype=np.float64)[self.frames]
+        self.groups: SampleGroups = cache_groups(granularity, ref, self.frames)
+        self.forces_ref = _take(ref, np.asarray(ref.forces_ref, dtype=np.float64), self.frames)
         self.n_components = self.forces_ref.size
         self.component_sample = self.groups.component_sample
         self.a = self.d = None

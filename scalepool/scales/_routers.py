@@ -24,7 +24,7 @@ from ._features import FEATURE_RADII, atom_features
 from ._oracle import check_loss
 from ._pool import ScalePool
 from ._problem import RoutingProblem
-from ._samples import GRANULARITIES, sample_groups
+from ._samples import GRANULARITIES, cache_groups
 
 
 class LeakageError(ValueError):
@@ -76,7 +76,7 @@ class _Router(nn.Module):
     # ------------------------------------------------------------------ features
     def _sample_features(self, cache: PredictionCache) -> tuple[torch.Tensor, object]:
         feats, names = atom_features(cache, self.radii, self.species)
-        groups = sample_groups(self.granularity, cache.numbers, cache.positions, cache.cell)
+        groups = cache_groups(self.granularity, cache)
         x = torch.as_tensor(groups.mean(feats), dtype=torch.float32, device=self.device)
         self.feature_names = names
         return x, groups
@@ -106,6 +106,15 @@ class _Router(nn.Module):
                 raise LeakageError(
                     f"{outside.size} frame(s) marked train lie outside the train block [{start}, {stop}) "
                     f"recorded at prediction (dataset frames {outside[:5].tolist()}...): was the split relabelled?"
+                )
+        recorded = cache.meta.get("split_frames")
+        if recorded is not None and "frame_index" in cache.meta:  # a random split: its recorded train frames
+            frames = np.asarray(cache.meta["frame_index"])
+            outside = frames[~np.isin(frames, np.asarray(recorded["train"]))]
+            if outside.size:
+                raise LeakageError(
+                    f"{outside.size} frame(s) marked train are not train frames of the random split recorded at "
+                    f"prediction (dataset frames {outside[:5].tolist()}...): was the split relabelled?"
                 )
         if not cache.has_labels:
             raise ValueError("fitting needs the train frames' forces_ref")
@@ -152,7 +161,8 @@ class _Router(nn.Module):
         return self.net(self._standardise(x)), groups
 
     def predict_atom_scales(self, cache: PredictionCache) -> np.ndarray:
-        """``(F, N)`` per-atom scales for every frame of ``cache`` (labels unused)."""
+        """Per-atom scales for every frame of ``cache`` (labels unused): ``(F, N)``, or ``(T,)`` for a
+        ragged cache."""
         scales, groups = self.predict_scales(cache, return_groups=True)
         return groups.atom_scales(scales)
 

@@ -82,7 +82,7 @@ EXCESS = tuple(f"excess_over_null{s}" for s in SUFFIXES.values())
 
 def _metrics(problem: RoutingProblem, atom_scales: np.ndarray, subsets: Subsets) -> dict:
     """Subset MAEs in meV/Å (:func:`scalepool.metrics.subset_errors`) of per-atom scales
-    ``(F_test, N)`` on the test problem."""
+    ``(F_test, N)`` (ragged: flat ``(T_test,)``) on the test problem."""
     f0, f1 = problem.generator.anchor_forces(problem.frames)
     return subset_errors(np.abs(interpolate(f0, f1, atom_scales) - problem.forces_ref), subsets)
 
@@ -119,7 +119,7 @@ def evaluate_cache(
     val = RoutingProblem(cache, "val", granularity, loss)
     test = RoutingProblem(cache, "test", granularity, loss)
     test_cache = cache.select("test")
-    subsets = Subsets.of(test_cache.positions, test_cache.numbers, test_cache.cell)
+    subsets = Subsets.of_cache(test_cache)
     tick("setup")
 
     rows = []

@@ -15,7 +15,9 @@ from . import (
     _backbone_study,
     _branch_comparison,
     _deployable_study,
+    _folding_study,
     _generator_swap,
+    _graphene_study,
     _hessian_study,
     _oracle_table,
     _pool_refinement,
@@ -38,6 +40,8 @@ STUDIES: dict[str, Study] = {
         _search_study,
         _hessian_study,
         _backbone_study,
+        _folding_study,
+        _graphene_study,
     )
 }
 
@@ -152,11 +156,10 @@ def run_study_from_args(study: Study, args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     overrides = {key: getattr(args, key) for key in study.options}
-    inputs = args.pred
     if study.inputs == "runs":
         inputs = (args.data, args.run)
-    elif study.inputs == "data":
-        inputs = args.data
+    else:
+        inputs = args.data if study.inputs == "data" else args.pred
     start = time.perf_counter()
     try:
         out, ran = run_study(

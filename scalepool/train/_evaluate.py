@@ -58,6 +58,9 @@ def recorded_split(model_path: str | os.PathLike) -> tuple[tuple[float, ...], in
 
 def recorded_indices(model_path: str | os.PathLike) -> dict[str, np.ndarray] | None:
     """The frame indices of each block of a run trained with a random split, else None."""
+    record = record_path(Path(model_path))  # a mixed model fitted on a random split records its frames
+    if record.exists() and "split_frames" in (data := json.loads(record.read_text())):
+        return {name: np.asarray(idx, dtype=np.int64) for name, idx in data["split_frames"].items()}
     config_path = Path(model_path).parent / CONFIG
     if not config_path.exists():
         return None

@@ -2,8 +2,10 @@
 
 :func:`predict_cache` runs trained models over a dataset and saves a
 :class:`scalepool.data.PredictionCache` (its docstring holds the one schema
-table).  Rows are the dataset frames of the three split blocks in time order:
-frames in the gaps between blocks (``split_gap > 0``) are left out, and
+table; a ragged dataset gives a ragged cache).  Rows are the dataset frames of
+the three split blocks, train then val then test: time blocks in time order
+(frames in the gaps between blocks, ``split_gap > 0``, are left out), or the
+frames a random split recorded in the runs' ``config.json``;
 ``meta["frame_index"]`` gives the dataset frame of every row.
 """
 
@@ -219,11 +221,6 @@ def predict_cache(
     """
     if not runs:
         raise TrainError("predict_cache needs at least one run directory")
-    if frames.ragged:
-        raise TrainError(
-            "the prediction cache (and the scale layer and studies built on it) needs the fixed layout (the "
-            "same atoms in every frame); this dataset is ragged: use scalepool evaluate for its force errors"
-        )
     dev = resolve_device(device)
     configs = [(Path(run), read_run_config(run)) for run in runs]
     resolved = [run.resolve() for run, _ in configs]
@@ -250,17 +247,17 @@ def predict_cache(
     else:
         fractions, gap = _split_of(configs, split_fractions, split_gap)
         modes = {config["split"].get("mode", "time") for _, config in configs}
-    if modes != {"time"}:
-        raise TrainError(
-            f"the runs were trained with a {'/'.join(sorted(modes - {'time'}))} split; the prediction cache "
-            "holds time blocks only: use scalepool evaluate for these runs"
-        )
+    if len(modes) != 1:
+        raise TrainError(f"the runs were trained with different split modes {sorted(modes)}")
+    (mode,) = modes
 
     if new_data:
         n = frames.n_frames
         blocks = {"train": np.arange(0), "val": np.arange(0), "test": np.arange(n)}
-    else:
+    elif mode == "time":
         blocks = frames.split_indices(fractions, gap)
+    else:  # a random split: the frames each run recorded (they must agree)
+        blocks = _recorded_blocks(configs, frames.n_frames)
     keep = np.concatenate([blocks["train"], blocks["val"], blocks["test"]])  # time order; gap frames left out
     split = np.concatenate(
         [np.full(len(blocks[name]), K.SPLIT_CODES[name]) for name in ("train", "val", "test")]
@@ -291,8 +288,7 @@ def predict_cache(
         "run_branches": {name: config["branch"] for name, (_, config) in zip(branches, configs, strict=True)},
         "model_file": model_file,
         "frame_index": keep.tolist(),
-        # dataset frames [start, stop) of each block: routers refuse a "train" row outside it
-        "split_blocks": {name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)},
+        "split_mode": mode,
         "dataset_checksum": checksum,
         "dataset_path": None if data_path is None else str(Path(data_path).resolve()),
         "split_fractions": None if fractions is None else list(fractions),
@@ -303,19 +299,53 @@ def predict_cache(
         "versions": library_versions(),
         "git_commit": git_commit(),
     }
-    cache = PredictionCache(
-        forces_ref=frames.forces[keep],
-        branches=forces,
-        numbers=frames.numbers,
-        positions=frames.positions[keep],
-        cell=None if frames.cell is None else frames.cell[keep],
-        split=split.astype(np.int64),
-        # s = 0 and s = 1; a single run is both ends of a degenerate scale
-        anchors=(branches[0], branches[min(1, len(branches) - 1)]),
-        meta=meta,
-    )
+    if mode == "time":  # dataset frames [start, stop) of each block: routers refuse a "train" row outside it
+        meta["split_blocks"] = {name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)}
+    else:  # the recorded frames of each block: routers refuse a "train" row outside them
+        meta["split_frames"] = {name: idx.tolist() for name, idx in blocks.items()}
+    # s = 0 and s = 1; a single run is both ends of a degenerate scale
+    anchors = (branches[0], branches[min(1, len(branches) - 1)])
+    if frames.ragged:  # flat (T, 3) rows of the kept frames, in the order of keep (as predict_forces)
+        atoms = frames.atom_index(keep)
+        cache = PredictionCache(
+            forces_ref=frames.forces_flat[atoms], branches=forces, numbers=frames.numbers_flat[atoms],
+            positions=frames.positions_flat[atoms], cell=frames.cells[keep], split=split.astype(np.int64),
+            anchors=anchors, meta=meta, atom_counts=frames.atom_counts[keep], pbc=frames.pbc[keep],
+        )  # fmt: skip
+    else:
+        cache = PredictionCache(
+            forces_ref=frames.forces[keep],
+            branches=forces,
+            numbers=frames.numbers,
+            positions=frames.positions[keep],
+            cell=None if frames.cell is None else frames.cell[keep],
+            split=split.astype(np.int64),
+            anchors=anchors,
+            meta=meta,
+        )
     with writing(Path(out_path), kept_note(Path(out_path))):
         return cache.save(out_path)
+
+
+def _recorded_blocks(configs: list[tuple[Path, dict[str, Any]]], n_frames: int) -> dict[str, np.ndarray]:
+    """The train/val/test frames recorded by runs trained with a random split (all must agree)."""
+    blocks = None
+    for run, config in configs:
+        indices = config["split"].get("indices")
+        if indices is None:
+            raise TrainError(f"run {run} was trained with a random split but its config.json records no frames")
+        mine = {name: np.asarray(indices[name], dtype=np.int64) for name in ("train", "val", "test")}
+        if blocks is None:
+            blocks, first = mine, run
+        elif any(not np.array_equal(blocks[name], mine[name]) for name in blocks):
+            raise TrainError(
+                f"runs {first} and {run} were trained on different random splits (seeds?); their predictions "
+                "cannot share one cache"
+            )
+    top = max(int(idx.max()) for idx in blocks.values() if len(idx))
+    if top >= n_frames:
+        raise TrainError(f"the recorded split names frame {top}, but the dataset has {n_frames} frames")
+    return blocks
 
 
 def _load_run_model(path: Path, device: torch.device, branch: str) -> torch.nn.Module:

@@ -51,6 +51,21 @@ def results(tmp_path_factory):
         spectra[f"eigenvalues_{label}"] = np.sort(rng.normal(5.0, 3.0, 24))
         spectra[f"wavenumbers_{label}"] = np.sort(rng.normal(300.0, 200.0, 24))
     np.savez(root / "hessian" / "hessian.npz", **spectra)
+    # the testbed benchmarks' file layouts (their numbers: tests/unit/studies/test_testbed_studies.py)
+    import pandas as pd
+
+    (root / "folding").mkdir()
+    md = [{"model": m, "start": s, "seed": 0, "ca_rmsd": r, "radius_of_gyration": 6 + r, "end_to_end": 5 * r}
+          for m in ("reference", "short", "muse") for s in ("folded", "unfolded") for r in rng.uniform(1, 6, 20)]  # fmt: skip
+    pd.DataFrame(md).to_csv(root / "folding" / "md_samples.csv", index=False)
+    states = [{"model": b, "branch": b, "state": s, "mae_meV_A": rng.uniform(50, 200)}
+              for b in ("short", "muse") for s in ("folded", "transition", "unfolded", "overall")]  # fmt: skip
+    pd.DataFrame(states).to_csv(root / "folding" / "state_errors.csv", index=False)
+    (root / "graphene_profiles").mkdir()
+    heights = np.arange(2.5, 10.01, 0.5)
+    curves = [{"model": m, "branch": m, "molecule": mol, "height_A": d, "binding_eV": -0.4 * np.exp(-((d - 3.4) ** 2))}
+              for m in ("reference", "short") for mol in ("benzene", "water") for d in heights]  # fmt: skip
+    pd.DataFrame(curves).to_csv(root / "graphene_profiles" / "curves.csv", index=False)
     torch.set_num_threads(threads)
     return root
 
