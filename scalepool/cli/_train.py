@@ -100,8 +100,9 @@ def register(commands) -> None:
         "predict",
         help="predict all frames with trained branches and write the prediction cache (.npz)",
         description="Write forces_ref, forces_<branch> per run, numbers, cell, positions, split (0 train, "
-        "1 val, 2 test, the runs' training split) and meta to one .npz, then print test-split force "
-        "errors (meV/Å) of each branch beside a constant per-species baseline.",
+        "1 val, 2 test, the runs' training split: time blocks, or the frames a random split recorded) and "
+        "meta to one .npz (a ragged dataset gives a ragged cache: flat (T, 3) arrays with n_atoms and pbc), "
+        "then print test-split force errors (meV/Å) of each branch beside a constant per-species baseline.",
     )
     predict.add_argument(
         "--run",

@@ -128,7 +128,9 @@ class PredictionCache:
             self._init_ragged()
         else:
             if self.pbc is not None:
-                raise PredictionCacheError("pbc applies to the ragged layout only (fixed layout: cell or None)")
+                raise PredictionCacheError(
+                    "pbc applies to the ragged layout only (fixed layout: cell or None)"
+                )
             self._init_fixed()
         self.branches = {name: value for name, value in self.branches.items()}
         self.anchors = tuple(self.anchors)

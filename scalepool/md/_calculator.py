@@ -15,6 +15,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..models import AtomsBatch, ForceModel, load_model
+from ._molecular import ideal_gas_correction, molecular_virial, molecule_offsets, water_molecule_ids
 
 
 class ScalepoolCalculator(Calculator):
@@ -26,6 +27,10 @@ class ScalepoolCalculator(Calculator):
         and moved to ``device`` and the chosen dtype)
     float64 : evaluate in double precision (recommended for energy-conservation checks)
     device : torch device
+    molecules : ``None`` (atomic stress), ``"water"`` (each O, H, H water one
+        molecule, ions alone: :func:`~scalepool.md.water_molecule_ids`) or an
+        (n_atoms,) integer molecule id per atom.  Use it with rigid molecules
+        (:class:`~scalepool.md.RigidBonds`), e.g. for a barostat.
 
     The Atoms must be fully periodic (the cell rows are the cell vectors) or
     fully open; mixed boundary conditions are refused.  ``stress`` is ASE's
@@ -34,14 +39,37 @@ class ScalepoolCalculator(Calculator):
     with the forces for periodic Atoms (open Atoms have none); a call that
     asks for energies only runs no backward pass.  ``energies``
     are the model's atomic energies, which sum to ``energy``.
+
+    With ``molecules`` the stress is the *molecular* one (eV/Å^3, ASE sign;
+    :mod:`scalepool.md._molecular` derives it): the strain moves the molecules'
+    centres of mass and keeps their shapes, ``sigma_atomic + (1/V)
+    sym(sum_i F_i (x) d_i)`` with ``d_i`` atom minus centre of mass.  Rigid
+    molecules then need no constraint virial.  :meth:`get_stress` also adds
+    ``(1/V)(sum_i p_i p_i / m_i - sum_m P_m P_m / M_m)`` from the momenta of
+    the Atoms it is given (at call time, never cached), so that
+    ``atoms.get_stress(include_ideal_gas=True)``, which ASE's barostats read,
+    is the molecular pressure tensor with the centre-of-mass ideal-gas term
+    ``-(1/V) sum_m P_m P_m / M_m``.  (Without momenta that term is zero; read
+    without ``include_ideal_gas`` the value then holds the atomic-minus-molecular
+    kinetic difference and is not a virial alone.)
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(
-        self, model: ForceModel, float64: bool = False, device: str | torch.device = "cpu", **kwargs
+        self,
+        model: ForceModel,
+        float64: bool = False,
+        device: str | torch.device = "cpu",
+        molecules: str | np.ndarray | None = None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(molecules, str) and molecules != "water":
+            raise ValueError(
+                f'molecules must be None, "water" or an array of molecule ids, got {molecules!r}'
+            )
+        self.molecules = molecules
         self.dtype = torch.float64 if float64 else torch.float32
         self.device = torch.device(device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -94,4 +122,35 @@ class ScalepoolCalculator(Calculator):
             self.results["forces"] = out["forces"].detach().cpu().double().numpy()
         if stress:
             full = out["stress"].detach().cpu().double().numpy()[0]
+            if self.molecules is not None:
+                offsets = molecule_offsets(
+                    self.atoms.positions,
+                    self.atoms.cell[:],
+                    self.atoms.get_masses(),
+                    self._molecule_ids(self.atoms),
+                )
+                full = full + molecular_virial(self.results["forces"], offsets, self.atoms.get_volume())
             self.results["stress"] = full_3x3_to_voigt_6_stress(full)
+
+    def _molecule_ids(self, atoms) -> np.ndarray:
+        """(n_atoms,) molecule id per atom for ``molecules`` (raises naming the mismatch)."""
+        if isinstance(self.molecules, str):
+            return water_molecule_ids(atoms.numbers)
+        ids = np.asarray(self.molecules)
+        if ids.shape != (len(atoms),):
+            raise ValueError(f"molecules has shape {ids.shape}, the Atoms have {len(atoms)} atoms")
+        return ids
+
+    def get_stress(self, atoms=None):
+        """Voigt stress, eV/Å^3; with ``molecules`` plus the centre-of-mass ideal-gas
+        correction from the momenta of ``atoms`` now (see the class docstring)."""
+        stress = super().get_stress(atoms)
+        if self.molecules is None:
+            return stress
+        atoms = self.atoms if atoms is None else atoms
+        if not atoms.has("momenta"):
+            return stress
+        correction = ideal_gas_correction(
+            atoms.get_momenta(), atoms.get_masses(), self._molecule_ids(atoms), atoms.get_volume()
+        )
+        return stress + full_3x3_to_voigt_6_stress(correction)

@@ -208,7 +208,7 @@ class MACEBackbone(ForceModel):
         """
         m = self.mace
         node_attrs = species_one_hot(numbers, self.species_table, vectors.dtype, "MACEBackbone")
-        edge_index = pairs.T
+        edge_index = pairs.T.contiguous()  # MACE indexes its rows: strided rows are slower
         lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
         node_feats = m.node_embedding(node_attrs)
         edge_attrs = m.spherical_harmonics(vectors)

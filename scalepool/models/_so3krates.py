@@ -140,7 +140,7 @@ class SO3kratesBackbone(ForceModel):
         """
         m = self.so3krates
         one_hot = torch.nn.functional.one_hot(numbers - 1, _N_ELEMENTS).to(vectors.dtype)
-        receivers, senders = pairs[:, 0], pairs[:, 1]
+        receivers, senders = pairs[:, 0].contiguous(), pairs[:, 1].contiguous()
         vec = -vectors  # x_receiver - x_sender
         lengths = torch.linalg.vector_norm(vec, dim=-1, keepdim=True)
         sh_vectors = m.spherical_harmonics(vec / (lengths + 1e-8))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .._files import write_json
-from ..data import FrameSet, PredictionCache
+from ..data import FrameSet, PredictionCache, read_frames
 from ..models import MixedForceModel, load_model, save_model
 from ..provenance import git_commit, library_versions
 from ..train import BEST, read_run_config, record_path
@@ -121,7 +121,8 @@ def mix_from_cache(
     data = data or cache.meta.get("dataset_path")
     if data is None:
         raise ValueError(f"{pred} records no dataset path; pass --data")
-    frames = FrameSet.load(data)
+    # the cache's dataset: a .npz, or any format scalepool reads (default label keys)
+    frames = FrameSet.load(data) if Path(data).suffix == ".npz" else read_frames(data)
     checksum = frames.checksum()
     for source, recorded in [(pred, cache.meta.get("dataset_checksum"))] + [
         (run, config["dataset"]["checksum"]) for run, config in zip(runs, configs, strict=True)

@@ -86,7 +86,9 @@ def _ragged_ion_features(cache, radii, cap: float) -> tuple[np.ndarray, np.ndarr
     nearest, counts = [], []
     for i in range(cache.n_frames):
         positions, numbers, cell = cache.frame_geometry(i)
-        dist = atom_ion_distances(positions[None], numbers, None if cell is None else cell[None])  # (1, n, n_ions)
+        dist = atom_ion_distances(
+            positions[None], numbers, None if cell is None else cell[None]
+        )  # (1, n, n_ions)
         n_ions = dist.shape[-1]
         if n_ions == 0:
             nearest.append(np.full(len(numbers), cap))

@@ -120,7 +120,9 @@ class FunctionGenerator(ScaleGenerator):
         self.is_linear = bool(is_linear)
 
     def _frames(self, frames: np.ndarray | None) -> np.ndarray:
-        n_frames = self.reference.n_frames if hasattr(self.reference, "n_frames") else len(self.reference.positions)
+        n_frames = (
+            self.reference.n_frames if hasattr(self.reference, "n_frames") else len(self.reference.positions)
+        )
         return np.arange(n_frames) if frames is None else np.asarray(frames)
 
     def anchor_forces(self, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

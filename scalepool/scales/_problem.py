@@ -58,9 +58,7 @@ class RoutingProblem:
             raise ValueError("the generator's reference has no forces_ref: labels are needed to score scales")
         split_codes = np.asarray(ref.split)
         self.frames = (
-            np.arange(len(split_codes))
-            if split is None
-            else np.flatnonzero(split_codes == split_code(split))
+            np.arange(len(split_codes)) if split is None else np.flatnonzero(split_codes == split_code(split))
         )
         if self.frames.size == 0:
             raise ValueError(f"no frames in split '{split}'")

@@ -128,7 +128,9 @@ def ragged_sample_groups(granularity: str, geometries: list[tuple]) -> SampleGro
     if granularity == "frame":
         return SampleGroups(granularity, atom_frame, len(counts), np.arange(len(counts)))
     if granularity == "atom":
-        return SampleGroups(granularity, np.arange(int(counts.sum()), dtype=np.int64), int(counts.sum()), atom_frame)
+        return SampleGroups(
+            granularity, np.arange(int(counts.sum()), dtype=np.int64), int(counts.sum()), atom_frame
+        )
     if not any(ion_mask(numbers).any() for _, numbers, _ in geometries):
         raise ValueError("granularity 'ion' needs ions (atomic numbers in units.ION_NUMBERS); none found")
     parts, sample_frame, start = [], [], 0
@@ -138,7 +140,9 @@ def ragged_sample_groups(granularity: str, geometries: list[tuple]) -> SampleGro
             parts.append(np.full(len(numbers), start, dtype=np.int64))
             n_ions = 1
         else:
-            index, _ = nearest_ion(np.asarray(positions)[None], numbers, None if cell is None else cell[None], False)
+            index, _ = nearest_ion(
+                np.asarray(positions)[None], numbers, None if cell is None else cell[None], False
+            )
             parts.append(start + index[0])
         sample_frame += [f] * n_ions
         start += n_ions

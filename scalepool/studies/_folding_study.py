@@ -264,17 +264,19 @@ def langevin_md(
     """ASE Langevin MD from ``start`` (N, 3) Å; samples every ``record_every`` steps (step 0 included)
     and a summary (steps done, blow-up and reason, largest bond stretch, wall seconds)."""
     from ase import Atoms, units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     atoms = Atoms(numbers=numbers, positions=start, pbc=False)
     atoms.calc = calculator
+    atoms.set_constraint(FixCom())  # the centre of mass stays put (ASE's advice over Langevin's fixcm)
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
+    thermalize_momenta(atoms, temperature_k, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
     dyn = Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_k,
-                   friction=friction_per_ps / (1000.0 * units.fs), rng=rng)  # fmt: skip
+                   friction=friction_per_ps / (1000.0 * units.fs), fixcm=False, rng=rng)  # fmt: skip
     r0 = np.linalg.norm(start[top.bonds[:, 0]] - start[top.bonds[:, 1]], axis=1)
     rows, step, reason, worst, t0 = [], 0, "", 0.0, time.perf_counter()
     while True:

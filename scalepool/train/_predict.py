@@ -71,7 +71,9 @@ def forward_frames(model, frames: FrameSet, indices, device, dtype):
         labels = SimpleNamespace(forces=joined("forces"), energy=joined("energy"), stress=joined("stress"),
                                  n_frames=sum(b.n_frames for b in batches))  # fmt: skip
     order = np.concatenate(boundary_groups(frames, indices))
-    n_atoms = torch.as_tensor(frames.atom_counts[order], device=out["energy"].device, dtype=out["energy"].dtype)
+    n_atoms = torch.as_tensor(
+        frames.atom_counts[order], device=out["energy"].device, dtype=out["energy"].dtype
+    )
     return out, labels, n_atoms
 
 
@@ -243,7 +245,9 @@ def predict_cache(
     if new_data:  # no training split applies: every frame is a test row
         fractions, gap, modes = None, 0, {"time"}
         if split_fractions is not None or split_gap is not None:
-            raise TrainError("new_data: every frame is a test row; split_fractions and split_gap do not apply")
+            raise TrainError(
+                "new_data: every frame is a test row; split_fractions and split_gap do not apply"
+            )
     else:
         fractions, gap = _split_of(configs, split_fractions, split_gap)
         modes = {config["split"].get("mode", "time") for _, config in configs}
@@ -300,7 +304,9 @@ def predict_cache(
         "git_commit": git_commit(),
     }
     if mode == "time":  # dataset frames [start, stop) of each block: routers refuse a "train" row outside it
-        meta["split_blocks"] = {name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)}
+        meta["split_blocks"] = {
+            name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)
+        }
     else:  # the recorded frames of each block: routers refuse a "train" row outside them
         meta["split_frames"] = {name: idx.tolist() for name, idx in blocks.items()}
     # s = 0 and s = 1; a single run is both ends of a degenerate scale
@@ -333,7 +339,9 @@ def _recorded_blocks(configs: list[tuple[Path, dict[str, Any]]], n_frames: int) 
     for run, config in configs:
         indices = config["split"].get("indices")
         if indices is None:
-            raise TrainError(f"run {run} was trained with a random split but its config.json records no frames")
+            raise TrainError(
+                f"run {run} was trained with a random split but its config.json records no frames"
+            )
         mine = {name: np.asarray(indices[name], dtype=np.int64) for name in ("train", "val", "test")}
         if blocks is None:
             blocks, first = mine, run

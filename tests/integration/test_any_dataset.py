@@ -11,6 +11,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from scalepool.cli import main
+from scalepool.data import PredictionCache
 from scalepool.md import ScalepoolCalculator
 from scalepool.units import EV_TO_MEV
 
@@ -119,9 +120,19 @@ def test_extxyz_trains_end_to_end_and_evaluate_matches_the_calculator(tmp_path, 
     err = capsys.readouterr().err
     assert "gold.extxyz: frame 2 holds species the model never saw in training: Au (Z=79)" in err
 
-    # prediction caches need the fixed layout: refused clearly
-    assert main(["predict", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "c.npz")]) == 2
-    assert "needs the fixed layout" in capsys.readouterr().err
+    # a ragged prediction cache: the recorded test frames, each as the calculator predicts it
+    cache_path = tmp_path / "c.npz"
+    assert main(["predict", "--run", str(run), "--data", str(data), "--out", str(cache_path), "--no-progress"]) == 0
+    cache = PredictionCache.load(cache_path)
+    assert cache.ragged and cache.meta["frame_index"][-len(test_frames):] == config["split"]["indices"]["test"]
+    test_rows = cache.atom_index(cache.frames("test"))
+    calc = ScalepoolCalculator.from_file(run / "best.pt")
+    expected = []
+    for atoms in test_frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        expected.append(atoms.get_forces())
+    np.testing.assert_allclose(cache.branches["short"][test_rows], np.concatenate(expected), rtol=1e-4, atol=1e-5)
 
 
 def test_explicit_validation_and_test_files(tmp_path):

@@ -109,8 +109,16 @@ def test_training_on_ragged_frames_with_mixed_batches(tmp_path, frames):
     best = load_model(tmp_path / "run" / "best.pt")
     mae = evaluate_forces(best, frames, val)["force_mae_meV_A"]
     assert mae == pytest.approx(result.best_val_force_mae, rel=1e-5)
-    with pytest.raises(TrainError, match=r"prediction cache .* needs the fixed layout"):
-        predict_cache([tmp_path / "run"], frames, tmp_path / "cache.npz", progress=False)
+    from scalepool.data import PredictionCache  # ragged data give a ragged cache of the recorded split
+
+    cache = PredictionCache.load(predict_cache([tmp_path / "run"], frames, tmp_path / "cache.npz", progress=False))
+    assert cache.ragged and cache.frames("val").tolist() == list(range(len(config["split"]["indices"]["train"]),
+                                                                     len(config["split"]["indices"]["train"]) + len(val)))
+    val_rows = cache.atom_index(cache.frames("val"))
+    np.testing.assert_allclose(cache.forces_ref[val_rows], frames.forces_flat[frames.atom_index(val)])
+    assert np.abs(cache.branches["short"][val_rows] - cache.forces_ref[val_rows]).mean() * EV_TO_MEV == pytest.approx(
+        mae, rel=1e-5
+    )
 
 
 def copper_frames(seed: int, n: int = 6) -> FrameSet:
