@@ -49,7 +49,7 @@ def last_half_stats(time_ps: np.ndarray, rho: np.ndarray, pressure: np.ndarray |
 def run_ase(args, model_path: str, data) -> tuple[dict, list]:
     from ase import Atoms, units
     from ase.md.nptberendsen import NPTBerendsen
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     from scalepool.md import RigidBonds, ScalepoolCalculator, rigid_water_pairs
 
@@ -59,7 +59,7 @@ def run_ase(args, model_path: str, data) -> tuple[dict, list]:
     atoms.calc = ScalepoolCalculator.from_file(
         model_path, device=args.device, float64=args.float64, molecules="water"
     )
-    MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
+    thermalize_momenta(atoms, temperature_K=args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
     atoms.set_momenta(atoms.get_momenta())  # RATTLE: no velocity along a bond
     dyn = NPTBerendsen(
@@ -148,6 +148,48 @@ def run_openmm(args, data) -> tuple[dict, list]:
     return stats, trace
 
 
+def start_virial_pressures(args, data) -> dict[str, float]:
+    """bar: the molecular virial pressure (no kinetic term) at the start frame, of OpenMM's
+    force field by central differences of its energy under a centre-of-mass strain (Reference
+    platform, strain 1e-4), and of each model from the calculator's molecular stress."""
+    import openmm
+    import openmm.unit as u
+    from ase import Atoms, units
+
+    from scalepool.data import build_nacl_system
+    from scalepool.md import ScalepoolCalculator, molecule_offsets, water_molecule_ids
+
+    frame = args.frame % len(data.positions)
+    x, cell = np.asarray(data.positions[frame], float), np.asarray(data.cell[frame], float)
+    volume = abs(np.linalg.det(cell))
+    p = data.meta.get("parameters", {})
+    _, system, _ = build_nacl_system(
+        box_nm=p.get("box_nm", 2.5), molarity=p.get("molarity", 1.0), seed=p.get("seed", 0), rigid_water=True
+    )
+    context = openmm.Context(
+        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
+    masses = np.array(
+        [system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())]
+    )
+    d = molecule_offsets(x, cell, masses, water_molecule_ids(data.numbers))
+
+    def energy_ev(scale: float) -> float:
+        a, b, c = (cell * scale / 10.0).tolist()
+        context.setPeriodicBoxVectors(openmm.Vec3(*a), openmm.Vec3(*b), openmm.Vec3(*c))
+        context.setPositions(((x - d) * scale + d) / 10.0)
+        energy = context.getState(getEnergy=True).getPotentialEnergy()
+        return energy.value_in_unit(u.kilojoule_per_mole) * units.kJ / units.mol
+
+    h = 1e-4
+    out = {"OpenMM": -(energy_ev(1 + h) - energy_ev(1 - h)) / (2 * h) / (3 * volume) / units.bar}
+    for path in args.model:
+        atoms = Atoms(numbers=data.numbers, positions=x, cell=cell, pbc=True)
+        atoms.calc = ScalepoolCalculator.from_file(path, device=args.device, float64=True, molecules="water")
+        out[path] = float(-atoms.get_stress()[:3].mean() / units.bar)
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -176,11 +218,24 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from ase import units
+
     from scalepool._files import write_csv
     from scalepool.data import FrameSet
+    from scalepool.md import water_molecule_ids
 
     data = FrameSet.load(args.data)
     rows, traces = [], []
+    print("molecular virial pressure at the start frame (bar, no kinetic term):")
+    for name, value in start_virial_pressures(args, data).items():
+        print(f"  {name[-60:]:60s} {value:8.0f}")
+    volume = abs(np.linalg.det(data.cell[args.frame % len(data.positions)]))
+    n_molecules = int(water_molecule_ids(data.numbers).max()) + 1
+    print(
+        f"  centre-of-mass ideal gas N k T / V at {args.temperature:.0f} K: "
+        f"{n_molecules * units.kB * args.temperature / volume / units.bar:.0f} bar",
+        flush=True,
+    )
     if args.openmm_steps > 0:
         print(f"OpenMM NPT, {args.openmm_steps} steps of {args.openmm_timestep} fs", flush=True)
         stats, _ = run_openmm(args, data)

@@ -132,7 +132,6 @@ class PredictionCache:
                     "pbc applies to the ragged layout only (fixed layout: cell or None)"
                 )
             self._init_fixed()
-        self.branches = {name: value for name, value in self.branches.items()}
         self.anchors = tuple(self.anchors)
         if len(self.anchors) != 2 or any(a not in self.branches for a in self.anchors):
             raise PredictionCacheError(

@@ -22,12 +22,16 @@ FOLDING_OBSERVABLES = {
 def folding_md(results: Path):
     """Histograms of ``<results>/folding/md_samples.csv`` (see :func:`folding_md_figure`)."""
     path = results / "folding" / "md_samples.csv"
-    return folding_md_figure(pd.read_csv(path)) if path.exists() else None
+    if not path.exists():
+        return None
+    summary = results / "folding" / "md_summary.csv"
+    return folding_md_figure(pd.read_csv(path), pd.read_csv(summary) if summary.exists() else None)
 
 
-def folding_md_figure(samples: pd.DataFrame):
+def folding_md_figure(samples: pd.DataFrame, summary: pd.DataFrame | None = None):
     """One row per MD start (folded, unfolded), one column per observable: the distribution of each
-    model's samples (all seeds pooled) beside the amber14/GBn2 reference (black)."""
+    model's samples (all seeds pooled) beside the amber14/GBn2 reference (black); with the
+    trajectory ``summary`` (``md_summary.csv``) a model that blew up is labelled with its last step."""
     starts = list(dict.fromkeys(samples["start"]))
     models = ["reference", *[m for m in dict.fromkeys(samples["model"]) if m != "reference"]]
     fig, axes = plt.subplots(len(starts), 3, figsize=(10.5, 3.0 * len(starts)), squeeze=False)
@@ -50,10 +54,18 @@ def folding_md_figure(samples: pd.DataFrame):
                     if model == "reference"
                     else {"color": color(model.split("-")[0], i)}
                 )
-                ax.hist(x, bins=bins, density=True, histtype="step", label=model, **style)
+                label = model
+                if summary is not None:
+                    done = summary[
+                        (summary["model"] == model) & (summary["start"] == start) & summary["blown_up"]
+                    ]
+                    if len(done):
+                        label += f" (blew up, step {int(done['steps_done'].min())})"
+                ax.hist(x, bins=bins, density=True, histtype="step", label=label, **style)
             ax.set(xlabel=label, ylabel="density" if col == 0 else None)
             ax.set_title(f"start: {start}", fontsize=9)
-    axes[0, -1].legend(frameon=False, fontsize=8)
+    for row in range(len(starts)):
+        axes[row, -1].legend(frameon=False, fontsize=7)
     return fig
 
 

@@ -38,7 +38,7 @@ from ._oracle import (
 from ._pool import RefinementHistory, RoundRecord, ScalePool, propose, refine_pool
 from ._problem import RoutingProblem
 from ._routers import ContinuousRouter, HardRouter, LeakageError
-from ._samples import GRANULARITIES, SampleGroups, sample_groups
+from ._samples import GRANULARITIES, SampleGroups, cache_groups, sample_groups
 from ._settings import SCALE_FIELDS, ScaleField, ScaleSettings, add_scale_arguments
 from ._synthetic import synthetic_cache
 from ._table import (
@@ -119,6 +119,7 @@ __all__ = [
     "propose",
     "refine_pool",
     "resolve_null_pair",
+    "cache_groups",
     "sample_groups",
     "sample_losses_linear",
     "sample_losses_torch",

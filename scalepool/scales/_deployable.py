@@ -67,9 +67,14 @@ def _random_split_frames(cache: PredictionCache, runs, configs, pred) -> dict[st
     lists = [(where, None if r is None else {k: list(map(int, r[k])) for k in ("train", "val", "test")})
              for where, r in sources]  # fmt: skip
     for where, r in lists:
-        if r is None or r != lists[0][1]:
+        if r is None:
             raise ValueError(
-                f"{where} and {lists[0][0]} record different (random) split frames; the mixed model needs "
+                f"{where} records no random-split frames but {[w for w, x in lists if x is not None][0]} does; "
+                "the mixed model needs the runs' and the cache's split to agree"
+            )
+        if r != lists[0][1]:
+            raise ValueError(
+                f"{where} and {lists[0][0]} record different random-split frames; the mixed model needs "
                 "the runs' and the cache's split to agree"
             )
     return lists[0][1]

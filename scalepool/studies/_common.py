@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..data import PredictionCache
+from ..data import PredictionCache, PredictionCacheError
 from ..metrics import Subsets, subset_errors
 from ..provenance import ResultsDir
 from ..scales import interpolate
@@ -22,8 +22,19 @@ S_GRID = tuple(np.round(np.linspace(0.0, 1.0, 41), 6).tolist())
 
 
 def load_caches(paths) -> list[PredictionCache]:
-    """Load and validate prediction caches (errors name the file)."""
-    return [PredictionCache.load(p) for p in paths]
+    """Load and validate prediction caches (errors name the file).
+
+    The cache studies index (F, N) arrays of one fixed composition; a ragged cache
+    (frames of different atoms) is refused here, naming the file and what does take it.
+    """
+    caches = [PredictionCache.load(p) for p in paths]
+    for path, cache in zip(paths, caches, strict=True):
+        if cache.ragged:
+            raise PredictionCacheError(
+                f"{path}: a ragged prediction cache (frames differ in atoms); the cache studies need one "
+                "fixed composition. Use 'scalepool table' and 'scalepool mix', which take ragged caches."
+            )
+    return caches
 
 
 def cache_labels(paths) -> list[str]:

@@ -97,6 +97,7 @@ def train(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
     split_mode: str = "time",
+    split_seed: int = 0,
     stress_weight: float = 0.0,
     resume: bool | None = None,
     overwrite: bool = False,
@@ -113,7 +114,8 @@ def train(
         "forces", ...}`` in eV and eV/Å); trained in place and left on ``device``
     frames : the whole dataset (fixed or ragged layout); split in time blocks by
         ``split_fractions`` and ``split_gap`` (:meth:`FrameSet.split_indices`), or
-        at random (seeded by ``seed``) with ``split_mode="random"``
+        at random (seeded by ``split_seed``, not ``seed``, so runs of several seeds share
+        the split) with ``split_mode="random"``
     out_dir : run directory (created); resumed when it holds a checkpoint
     epochs : total number of epochs of the run (a resumed run counts the epochs
         already done; a larger value extends a finished run)
@@ -181,7 +183,7 @@ def train(
         loss=loss, huber_delta=huber_delta, energy_weight=energy_weight, split_fractions=split_fractions,
         split_gap=split_gap, patience=patience, scheduler=scheduler, lr_factor=lr_factor,
         lr_patience=lr_patience, min_lr=min_lr, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
-        seed=seed, dtype=dtype, split_mode=split_mode, stress_weight=stress_weight,
+        seed=seed, dtype=dtype, split_mode=split_mode, split_seed=split_seed, stress_weight=stress_weight,
     )  # fmt: skip
     if not isinstance(frames, FrameSet):
         raise TrainError(f"frames must be a FrameSet, got {type(frames).__name__}")
@@ -228,7 +230,7 @@ class _Session:
                 f"branch name must be an identifier (used as forces_<branch>), got {self.branch!r}"
             )
         self.split = frames.split_indices(
-            settings.split_fractions, settings.split_gap, settings.split_mode, settings.seed
+            settings.split_fractions, settings.split_gap, settings.split_mode, settings.split_seed
         )
         self.request = settings.request(self.branch, config)
         self.checksum = frames.checksum()

@@ -45,6 +45,7 @@ class TrainSettings:
     seed: int = 0
     dtype: str = "float32"
     split_mode: str = "time"
+    split_seed: int = 0
     stress_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -107,6 +108,7 @@ class TrainSettings:
         request["split_fractions"] = list(self.split_fractions)
         if self.split_mode == "time":  # the default; runs from before split modes keep their request
             request.pop("split_mode")
+            request.pop("split_seed")
         if not self.stress_weight:  # off (the default): runs from before the stress loss keep their request
             request.pop("stress_weight")
         if self.scheduler == "cosine":
@@ -159,8 +161,13 @@ TRAIN_FLAGS: dict[str, tuple[str, tuple | None]] = {
     "seed": ("model initialisation and batch order", None),
     "dtype": ("floating-point type of the model", ("float32", "float64")),
     "split_mode": (
-        "time: contiguous time blocks (trajectories); random: seeded by --seed (independent frames)",
+        "time: contiguous time blocks (trajectories); random: seeded by --split-seed (independent frames)",
         SPLIT_MODES,
+    ),
+    "split_seed": (
+        "seed of a random split, apart from --seed so that runs of several seeds "
+        "(a null control) share one split",
+        None,
     ),
 }
 

@@ -11,7 +11,7 @@ import torch
 from ase import Atoms, units
 from ase.geometry import find_mic
 from ase.md.nptberendsen import NPTBerendsen
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from scalepool.data import FrameSet
 from scalepool.md import RigidBonds, ScalepoolCalculator, rigid_water_pairs
@@ -36,7 +36,7 @@ def npt_atoms(data: FrameSet, model_path: Path, molecules) -> tuple[Atoms, NPTBe
     atoms = Atoms(numbers=data.numbers, positions=data.positions[-1], cell=data.cell[-1], pbc=True)
     atoms.set_constraint(RigidBonds(rigid_water_pairs(atoms.numbers), tolerance=1e-10))
     atoms.calc = ScalepoolCalculator.from_file(model_path, molecules=molecules)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
     Stationary(atoms)
     atoms.set_momenta(atoms.get_momenta())  # RATTLE the initial velocities
     dyn = NPTBerendsen(

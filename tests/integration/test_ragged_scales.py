@@ -69,11 +69,12 @@ def test_ragged_random_split_through_predict_table_and_mix(tmp_path, capsys):
     frames = FrameSet.from_atoms(images)
     assert frames.ragged
     frames.save(data)
-    # a random split is seeded by --seed: both runs share it (and differ in their epochs)
+    # a random split is seeded by --split-seed, not --seed: two seeds of one branch (a null
+    # control) share it
     runs = [tmp_path / "short", tmp_path / "short_longer"]
-    for epochs, run in zip((2, 3), runs, strict=True):
+    for seed, (epochs, run) in enumerate(zip((2, 3), runs, strict=True)):
         argv = ["train", "--branch", "short", "--data", data, "--out", run, "--epochs", epochs, "--batch-size", "4",
-                "--split", "random", "--seed", "1", "--threads", "1", *TINY]  # fmt: skip
+                "--split", "random", "--seed", seed, "--split-seed", "1", "--threads", "1", *TINY]  # fmt: skip
         assert main([str(a) for a in argv]) == 0
 
     # predict: a ragged cache whose rows are the recorded random split, frame by frame

@@ -114,3 +114,4 @@ def test_bad_ragged_caches_name_the_array_and_frame():
         _ = good.n_atoms
     with pytest.raises(PredictionCacheError, match=r"pbc applies to the ragged layout only"):
         PredictionCache(**fields, pbc=good.pbc)
+

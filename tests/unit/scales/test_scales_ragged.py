@@ -9,6 +9,7 @@ by that code) and the same numbers as its own frames stored as a ragged cache.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ import torch
 from ase.geometry import get_distances
 
 from scalepool.data import PredictionCache
-from scalepool.metrics import Subsets
+from scalepool.metrics import Subsets, cache_errors
 from scalepool.scales import (
     ContinuousRouter,
     HardRouter,
+    LeakageError,
     RoutingProblem,
     atom_features,
     scale_table,
@@ -293,3 +295,38 @@ def test_fixed_cache_table_is_bitwise_unchanged(granularity):
         np.testing.assert_array_equal(
             ragged[column].to_numpy(float), fixed[column].to_numpy(float), err_msg=column
         )
+
+
+def test_cache_errors_of_a_ragged_cache_equal_a_loop(salt):
+    cache, frames = salt
+    table = cache_errors(cache, "test", nearest_ion=Subsets.of_cache(cache.select("test")).nearest_ion)
+    test = [f for f in frames if f["split"] == 2]
+    train = [f for f in frames if f["split"] == 0]
+    numbers = np.concatenate([f["numbers"] for f in test])
+    error = np.concatenate([f["f0"] - f["ref"] for f in test])
+    assert table.loc["overall", "short MAE"] == pytest.approx(EV_TO_MEV * np.abs(error).mean(), rel=1e-6)
+    assert table.loc["Na", "short MAE"] == pytest.approx(
+        EV_TO_MEV * np.abs(error[numbers == NA]).mean(), rel=1e-6
+    )
+    assert table.loc["overall", "n_atoms"] == len(numbers)
+    # baseline: the mean train force of each species, predicted for every test atom of that species
+    ref = np.concatenate([f["ref"] for f in test])
+    baseline = np.zeros_like(ref)
+    for z in np.unique(numbers):
+        seen = np.concatenate([f["ref"][f["numbers"] == z] for f in train])
+        baseline[numbers == z] = seen.mean(axis=0)
+    assert table.loc["overall", "baseline MAE"] == pytest.approx(
+        EV_TO_MEV * np.abs(baseline - ref).mean(), rel=1e-6
+    )
+
+
+def test_routers_refuse_frames_outside_a_recorded_random_split(salt):
+    cache, _ = salt
+    recorded = {name: cache.frames(name).tolist() for name in ("train", "val", "test")}
+    cache = dataclasses.replace(cache, meta={**cache.meta, "split_frames": recorded})
+    ContinuousRouter(steps=2).fit(cache.select("train"))  # the recorded train frames: accepted
+    relabelled = dataclasses.replace(cache, split=np.where(np.arange(cache.n_frames) == 5, 0, cache.split))
+    with pytest.raises(
+        LeakageError, match=r"1 frame\(s\) marked train are not train frames of the random split"
+    ):
+        ContinuousRouter(steps=2).fit(relabelled.select("train"))
