@@ -79,8 +79,14 @@ def run_ase(args, model_path: str, data) -> tuple[dict, list]:
 
     record(0)
     t0 = time.perf_counter()
+    failure = ""
     for step in range(1, args.steps + 1):
-        dyn.run(1)
+        try:
+            dyn.run(1)
+        except RuntimeError as error:  # e.g. SHAKE fails once the model lets molecules overlap
+            failure = f"stopped at step {step}: {error}"
+            print(f"  {failure}", flush=True)
+            break
         record(step)
         if step % max(1, args.steps // 10) == 0:
             _, t, rho, p, temp = trace[-1]
@@ -91,10 +97,12 @@ def run_ase(args, model_path: str, data) -> tuple[dict, list]:
             )
     arr = np.asarray(trace)
     stats = last_half_stats(arr[:, 1], arr[:, 2], arr[:, 3])
+    done = len(trace) - 1
     stats.update(
-        steps=args.steps,
-        ps=args.steps * args.timestep * 1e-3,
-        s_per_step=(time.perf_counter() - t0) / args.steps,
+        steps=done,
+        ps=done * args.timestep * 1e-3,
+        s_per_step=(time.perf_counter() - t0) / max(done, 1),
+        failure=failure,
     )
     return stats, trace
 
@@ -261,6 +269,9 @@ def main(argv=None) -> None:
             f"{s['drift']:+9.4f} {s['mean'] - s['start']:+8.4f} {s['mean'] - reference:+7.4f} "
             f"{s['pressure']:7.0f} {s['s_per_step']:6.3f}"
         )
+    for name, s in rows:
+        if s.get("failure"):
+            print(f"{name}: {s['failure']}")
     if args.trace and traces:
         columns = ["model", "step", "time_ps", "density_g_cm3", "pressure_bar", "temperature_K"]
         import pandas as pd

@@ -32,9 +32,27 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-#: Default edges per chunk of the message-passing backbones: with 64 features
-#: one chunk's (E, 3, F) float32 message is 50 MB.
-DEFAULT_EDGE_CHUNK = 65536
+#: Default ``edge_chunk`` of the message-passing backbones: graphs with more
+#: edges than this run their edge pass in chunks.  Graphs of the 1,467-atom
+#: testbed (52k edges at 4.5 Å, 123k at 6 Å) stay below it and take the
+#: unchunked path (chunking them cost ~2x the time for no memory gain).
+#: Models saved with an ``edge_chunk`` in their config keep theirs.
+DEFAULT_EDGE_CHUNK = 262144
+#: Edges per chunk once a graph is chunked (at most): with 64 features one
+#: chunk's (E, 3, F) float32 message is 50 MB.  Chunks of 262,144 edges made
+#: inference at 17.6k atoms (short branch) peak at 3.3 GB instead of 1.5 GB.
+MAX_CHUNK_EDGES = 65536
+
+
+def edge_chunk_size(n_edges: int, edge_chunk: int) -> int:
+    """Edges per chunk for a graph of ``n_edges`` edges, or 0 for the unchunked path.
+
+    A graph is chunked when ``0 < edge_chunk < n_edges``; its chunks then hold
+    ``min(edge_chunk, MAX_CHUNK_EDGES)`` edges.
+    """
+    if not 0 < edge_chunk < n_edges:
+        return 0
+    return min(int(edge_chunk), MAX_CHUNK_EDGES)
 
 
 def _slices(n_edges: int, chunk: int):

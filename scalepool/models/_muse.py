@@ -53,7 +53,7 @@ from torch import nn
 from ..units import ION_NUMBERS
 from ._base import N_SPECIES, Features, ForceModel, build_model, register_model
 from ._batch import AtomsBatch
-from ._edge_chunks import DEFAULT_EDGE_CHUNK
+from ._edge_chunks import DEFAULT_EDGE_CHUNK, edge_chunk_size
 from ._painn import PaiNN, PaiNNInteraction, _edge_chunk
 from ._pooling import SoftAssignment, SoftCoarseGraining
 from ._radial import radial_features
@@ -177,10 +177,11 @@ class CoarseLevel(nn.Module):
         pairs, shifts = nodes.neighbors(self.coarse_cutoff)
         vectors = nodes.edge_vectors(pairs, shifts)
         weights = self.filters.weight.split(3 * self.n_features, dim=0)
-        if 0 < self.edge_chunk < pairs.shape[0]:
+        chunk = edge_chunk_size(pairs.shape[0], self.edge_chunk)
+        if chunk:
             radial = (self.n_rbf, self.coarse_cutoff, "bessel", "polynomial")
             for block, weight in zip(self.interactions, weights, strict=True):
-                s, v = block.forward_chunked(s, v, vectors, weight, pairs[:, 0], pairs[:, 1], radial, self.edge_chunk)
+                s, v = block.forward_chunked(s, v, vectors, weight, pairs[:, 0], pairs[:, 1], radial, chunk)
             return assignment, nodes, s, v
         r = torch.linalg.vector_norm(vectors, dim=-1)
         unit = vectors / r.unsqueeze(-1)
@@ -217,8 +218,9 @@ class MuSE(ForceModel):
     n_rbf : radial functions of the coarse edges
     learnable_assignment : sigma and centre weights are parameters (True) or frozen
     feature_score : add a learned score of the seed's features to its centre weight
-    edge_chunk : coarse edges per chunk of the recomputed edge pass of every
-        level (default 65,536; 0: never chunk); memory and time only
+    edge_chunk : coarse graphs with more edges than this (default 262,144) run
+        the recomputed edge pass of every level in chunks of at most 65,536
+        edges (0: never chunk); memory and time only
 
     The species energy scale and shift are the backbone's (shared buffers), so
     :func:`fit_species_statistics` on the wrapper sets what the readout uses.

@@ -13,7 +13,7 @@ Written for CPU cost, where passes over per-edge memory set the price:
 - sums over edges use the chunked kernels of ``_edge_ops`` (default
   ``aggregation="fused"``), which never build an (n_edges, 3, F) tensor and
   keep gradients of any order; ``"index_add"`` is the plain-ops reference;
-- with more edges than ``edge_chunk`` (default 65,536) each block's whole
+- with more edges than ``edge_chunk`` (default 262,144) each block's whole
   edge pass (radial basis, filters, messages) runs in chunks of edges through
   :func:`~scalepool.models._edge_chunks.chunked_edge_sum`, which keeps no
   per-edge intermediate for backward and recomputes each chunk instead, so
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ._base import AGGREGATIONS, Features, MessagePassingBackbone, register_model
-from ._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum
+from ._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum, edge_chunk_size
 from ._edge_ops import gather_mul_scatter, outer_scatter
 from ._radial import MLP, radial_features
 from ._scatter import scatter_sum
@@ -159,8 +159,8 @@ class PaiNN(MessagePassingBackbone):
     cutoff_function : ``"polynomial"`` (C2 at the cutoff, default) or ``"cosine"``
     aggregation : ``"fused"`` (default), ``"index_add"`` or ``"torch_scatter"``,
         see :data:`AGGREGATIONS`; used when the edges fit in one chunk
-    edge_chunk : edges per chunk of the recomputed edge pass (default 65,536);
-        graphs with more edges run chunked, ``0`` never chunks.  Changes
+    edge_chunk : graphs with more edges than this (default 262,144) run the
+        recomputed edge pass in chunks of at most 65,536 edges; ``0`` never chunks.  Changes
         memory and time only, not the numbers (beyond round-off).
 
     Defaults: 64 features, 3 interactions, 16 Bessel functions.  On the
@@ -196,11 +196,12 @@ class PaiNN(MessagePassingBackbone):
         """
         centers, neighbors = pairs[:, 0], pairs[:, 1]
         weights = self.filters.weight.split(3 * self.n_features, dim=0)
-        if 0 < self.edge_chunk < pairs.shape[0]:
+        chunk = edge_chunk_size(pairs.shape[0], self.edge_chunk)
+        if chunk:
             radial = (self.n_rbf, self.cutoff, self.radial_basis, self.cutoff_function)
             s, v = self.embedding(numbers), None
             for block, weight in zip(self.interactions, weights, strict=True):
-                s, v = block.forward_chunked(s, v, vectors, weight, centers, neighbors, radial, self.edge_chunk)
+                s, v = block.forward_chunked(s, v, vectors, weight, centers, neighbors, radial, chunk)
             return Features(s, v)
         r = torch.linalg.vector_norm(vectors, dim=-1)
         unit = vectors / r.unsqueeze(-1)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._base import AGGREGATIONS, Features, MessagePassingBackbone, register_model
-from ._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum
+from ._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum, edge_chunk_size
 from ._edge_ops import gather_mul_scatter
 from ._painn import _edge_chunk
 from ._radial import MLP, cutoff_envelope, radial_basis, shifted_softplus
@@ -105,8 +105,8 @@ class SchNet(MessagePassingBackbone):
     radial_basis : ``"gaussian"`` (default, as in SchNet) or ``"bessel"``
     cutoff_function : ``"cosine"`` (default, as in SchNet) or ``"polynomial"``
     aggregation : ``"fused"`` (default), ``"index_add"`` or ``"torch_scatter"``
-    edge_chunk : edges per chunk of the recomputed edge pass (default 65,536);
-        graphs with more edges run chunked, ``0`` never chunks
+    edge_chunk : graphs with more edges than this (default 262,144) run the
+        recomputed edge pass in chunks of at most 65,536 edges; ``0`` never chunks
     """
 
     def __init__(
@@ -137,12 +137,13 @@ class SchNet(MessagePassingBackbone):
         """
         centers, neighbors = pairs[:, 0], pairs[:, 1]
         weights = self.filter_out.weight.split(self.n_features, dim=0)
-        if 0 < self.edge_chunk < pairs.shape[0]:
+        chunk = edge_chunk_size(pairs.shape[0], self.edge_chunk)
+        if chunk:
             radial = (self.n_rbf, self.cutoff, self.radial_basis, self.cutoff_function)
             s = self.embedding(numbers)
             for block, weight in zip(self.interactions, weights, strict=True):
                 params = (self.filter_in.weight, self.filter_in.bias, weight)
-                s = block.forward_chunked(s, params, vectors, centers, neighbors, radial, self.edge_chunk)
+                s = block.forward_chunked(s, params, vectors, centers, neighbors, radial, chunk)
             return Features(s, None)
         r = torch.linalg.vector_norm(vectors, dim=-1)
         rbf = radial_basis(r, self.n_rbf, self.cutoff, self.radial_basis)

@@ -37,7 +37,7 @@ def folding_md_figure(samples: pd.DataFrame, summary: pd.DataFrame | None = None
     fig, axes = plt.subplots(len(starts), 3, figsize=(10.5, 3.0 * len(starts)), squeeze=False)
     for row, start in enumerate(starts):
         here = samples[samples["start"] == start]
-        for col, (name, label) in enumerate(FOLDING_OBSERVABLES.items()):
+        for col, (name, axis_label) in enumerate(FOLDING_OBSERVABLES.items()):
             ax = axes[row, col]
             values = here[name].to_numpy(dtype=float)
             values = values[np.isfinite(values)]
@@ -54,15 +54,15 @@ def folding_md_figure(samples: pd.DataFrame, summary: pd.DataFrame | None = None
                     if model == "reference"
                     else {"color": color(model.split("-")[0], i)}
                 )
-                label = model
+                legend = model
                 if summary is not None:
                     done = summary[
                         (summary["model"] == model) & (summary["start"] == start) & summary["blown_up"]
                     ]
                     if len(done):
-                        label += f" (blew up, step {int(done['steps_done'].min())})"
-                ax.hist(x, bins=bins, density=True, histtype="step", label=label, **style)
-            ax.set(xlabel=label, ylabel="density" if col == 0 else None)
+                        legend += f" (blew up, step {int(done['steps_done'].min())})"
+                ax.hist(x, bins=bins, density=True, histtype="step", label=legend, **style)
+            ax.set(xlabel=axis_label, ylabel="density" if col == 0 else None)
             ax.set_title(f"start: {start}", fontsize=9)
     for row in range(len(starts)):
         axes[row, -1].legend(frameon=False, fontsize=7)

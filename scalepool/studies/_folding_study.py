@@ -29,7 +29,7 @@ frame: split, state, C-alpha RMSD, force MAE), ``state_errors.csv`` (per model,
 state: MAE, RMSE, frames), ``md_samples.csv`` (per trajectory sample),
 ``md_summary.csv`` (per trajectory: steps done, blow-up, largest stretch, mean
 observables and their 1-Wasserstein distance to the reference trajectory of the
-same start and seed) and ``folding.json`` (thresholds, start frames, the check of
+same start and seed, over the samples before a blow-up) and ``folding.json`` (thresholds, start frames, the check of
 the OpenMM reference against the stored forces).  Figures: ``scalepool.plots``
 (``folding_md``, ``folding_errors``).  Budgets are in MD steps.
 """

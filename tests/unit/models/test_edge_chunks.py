@@ -10,7 +10,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 from scalepool import testing as T
 from scalepool.models import AtomsBatch, LongRangeBranch, MuSE, PaiNN, ShortRangeBranch
-from scalepool.models._edge_chunks import chunked_edge_sum
+from scalepool.models import _edge_chunks
+from scalepool.models._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum, edge_chunk_size
 from scalepool.units import CHLORINE, SODIUM
 
 
@@ -136,3 +137,26 @@ def test_chunked_hessian_vector_product_equals_unchunked(periodic):
         products.append(hvp)
     assert products[0].abs().max() > 0
     torch.testing.assert_close(products[1], products[0], rtol=1e-10, atol=1e-10)
+
+
+def test_default_edge_chunk_keeps_testbed_graphs_unchunked():
+    """The 1,467-atom testbed's graphs (52k edges at 4.5 Å, 123k at 6 Å) take the plain path;
+    larger graphs are chunked in chunks of at most MAX_CHUNK_EDGES."""
+    assert edge_chunk_size(52_000, DEFAULT_EDGE_CHUNK) == 0
+    assert edge_chunk_size(123_000, DEFAULT_EDGE_CHUNK) == 0
+    assert edge_chunk_size(DEFAULT_EDGE_CHUNK + 1, DEFAULT_EDGE_CHUNK) == _edge_chunks.MAX_CHUNK_EDGES
+    assert edge_chunk_size(1_500_000, DEFAULT_EDGE_CHUNK) == 65536
+    assert edge_chunk_size(1_500_000, 0) == 0  # 0 never chunks
+    assert edge_chunk_size(100, 37) == 37 and edge_chunk_size(37, 37) == 0
+    assert edge_chunk_size(70_000, 65536) == 65536  # a saved config's old setting behaves as before
+
+
+@pytest.mark.parametrize("kind", ["short_painn", "muse"])
+def test_chunks_smaller_than_threshold_equal_unchunked(kind, periodic, monkeypatch):
+    """A threshold above the chunk size (the default's layout): chunks of 11 edges for graphs above 37."""
+    monkeypatch.setattr(_edge_chunks, "MAX_CHUNK_EDGES", 11)
+    plain = _energy_forces_and_loss_gradients(_branch(kind, 0), periodic)
+    chunked = _energy_forces_and_loss_gradients(_branch(kind, 37), periodic)
+    for name, a, b in zip(("energy", "forces", "loss gradient"), plain, chunked, strict=True):
+        assert a.abs().max() > 0, name
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
