@@ -221,7 +221,7 @@ def _fmt(row: dict) -> str:
     return (
         f"{row['system']:<16} {row['n_atoms']:>7d} {row['branch']:<6} {row['mode']:<5} {row['status']:<8} "
         f"{num('baseline_mb', '8.0f')} {num('peak_mb', '9.0f')} {num('kb_per_atom', '8.1f')} "
-        f"{num('cuda_peak_mb', '9.0f')} {num('wall_s', '8.2f')} {num('us_per_atom', '9.0f')}"
+        f"{num('cuda_peak_mb', '9.0f')} {num('wall_s', '8.2f')} {num('cpu_s', '8.2f')} {num('us_per_atom', '9.0f')}"
     )
 
 
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     print(f"scalepool from {Path(scalepool.__file__).parent}")
     print("peak_mb: peak RSS of the step minus the child's idle baseline (ru_maxrss before the first step)")
     print(f"{'system':<16} {'atoms':>7} {'branch':<6} {'mode':<5} {'status':<8} {'base_MB':>8} "
-          f"{'peak_MB':>9} {'KB/atom':>8} {'cuda_MB':>9} {'wall_s':>8} {'us/atom':>9}")  # fmt: skip
+          f"{'peak_MB':>9} {'KB/atom':>8} {'cuda_MB':>9} {'wall_s':>8} {'cpu_s':>8} {'us/atom':>9}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for system, n_atoms, path in _systems(args, Path(tmp)):
             for branch in args.branches:

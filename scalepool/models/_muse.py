@@ -219,7 +219,7 @@ class MuSE(ForceModel):
     learnable_assignment : sigma and centre weights are parameters (True) or frozen
     feature_score : add a learned score of the seed's features to its centre weight
     edge_chunk : coarse graphs with more edges than this (default 262,144) run
-        the recomputed edge pass of every level in chunks of at most 65,536
+        the recomputed edge pass of every level in chunks of at most 16,384
         edges (0: never chunk); memory and time only
 
     The species energy scale and shift are the backbone's (shared buffers), so

@@ -9,8 +9,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from scalepool import testing as T
-from scalepool.models import AtomsBatch, LongRangeBranch, MuSE, PaiNN, ShortRangeBranch
-from scalepool.models import _edge_chunks
+from scalepool.models import AtomsBatch, LongRangeBranch, MuSE, PaiNN, ShortRangeBranch, _edge_chunks
 from scalepool.models._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum, edge_chunk_size
 from scalepool.units import CHLORINE, SODIUM
 
@@ -145,10 +144,10 @@ def test_default_edge_chunk_keeps_testbed_graphs_unchunked():
     assert edge_chunk_size(52_000, DEFAULT_EDGE_CHUNK) == 0
     assert edge_chunk_size(123_000, DEFAULT_EDGE_CHUNK) == 0
     assert edge_chunk_size(DEFAULT_EDGE_CHUNK + 1, DEFAULT_EDGE_CHUNK) == _edge_chunks.MAX_CHUNK_EDGES
-    assert edge_chunk_size(1_500_000, DEFAULT_EDGE_CHUNK) == 65536
+    assert edge_chunk_size(1_500_000, DEFAULT_EDGE_CHUNK) == 16384
     assert edge_chunk_size(1_500_000, 0) == 0  # 0 never chunks
     assert edge_chunk_size(100, 37) == 37 and edge_chunk_size(37, 37) == 0
-    assert edge_chunk_size(70_000, 65536) == 65536  # a saved config's old setting behaves as before
+    assert edge_chunk_size(70_000, 65536) == 16384  # a saved config's 65,536 still chunks above 65,536 edges
 
 
 @pytest.mark.parametrize("kind", ["short_painn", "muse"])

@@ -15,15 +15,15 @@ from ase.calculators.calculator import Calculator, all_changes
 from scalepool.data import FrameSet, binding_curves
 from scalepool.models import build_branch, save_model
 from scalepool.studies import run_study
-from scalepool.studies._folding_study import (
-    _Topology,
-    folding_states,
+from scalepool.studies._folding_md import (
+    Topology,
     kabsch_rmsd,
     langevin_md,
     observables,
     openmm_calculator,
     stability,
 )
+from scalepool.studies._folding_study import folding_states
 from scalepool.studies._graphene_study import curve_errors
 from scalepool.testing import TOLERANCES
 
@@ -146,7 +146,7 @@ def test_openmm_reference_and_observables_match_the_dataset(peptide):
     from scalepool.data import peptide_observables, peptide_reference
 
     frames = FrameSet.load(peptide)
-    top = _Topology(frames)
+    top = Topology(frames)
     calc = openmm_calculator(top.system())
     stored = peptide_observables(frames)
     reference_ca = np.asarray(frames.meta["reference_ca"])
