@@ -185,7 +185,32 @@ class ForceModel(nn.Module):
 AGGREGATIONS = ("fused", "index_add", "torch_scatter")
 
 
-class MessagePassingBackbone(ForceModel):
+class EdgeBackbone(ForceModel):
+    """A backbone whose features come from one full neighbour list at ``cutoff``.
+
+    Subclasses implement :meth:`embed_edges` (features from atomic numbers, edge
+    vectors and pairs, so MuSE and the exporters can feed their own edges) and
+    an ``energy_head`` mapping scalar features (n, F) to (n, 1) raw energies;
+    :meth:`embed` and :meth:`readout` are shared.
+    """
+
+    def embed(self, batch: AtomsBatch) -> Features:
+        pairs, shifts = batch.neighbors(self.cutoff)
+        return self.embed_edges(batch.numbers, batch.edge_vectors(pairs, shifts), pairs)
+
+    def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
+        """Features from a full neighbour list.
+
+        numbers : (n,) atomic numbers; vectors : (E, 3) Å, r_ij = x_j - x_i;
+        pairs : (E, 2) int64, (i, j), both directions present
+        """
+        raise NotImplementedError
+
+    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
+        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
+
+
+class MessagePassingBackbone(EdgeBackbone):
     """Shared constructor and neighbour handling of the cutoff backbones (PaiNN, SchNet).
 
     Stores and validates the hyperparameters every such backbone has, records
@@ -244,20 +269,6 @@ class MessagePassingBackbone(ForceModel):
         keeps the order of the random initialisation (and so seeded weights) stable."""
         self.energy_head = MLP(self.n_features, max(self.n_features // 2, 1), 1, activation=activation)
 
-    def embed(self, batch: AtomsBatch) -> Features:
-        pairs, shifts = batch.neighbors(self.cutoff)
-        return self.embed_edges(batch.numbers, batch.edge_vectors(pairs, shifts), pairs)
-
-    def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
-        """Features from a full neighbour list.
-
-        numbers : (n,) atomic numbers; vectors : (E, 3) Å, r_ij = x_j - x_i;
-        pairs : (E, 2) int64, (i, j), both directions present
-        """
-        raise NotImplementedError
-
-    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
 
 
 def check_batch(batch: AtomsBatch, model: nn.Module | None = None) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._base import Features, ForceModel, register_model
+from ._base import EdgeBackbone, Features, register_model
 from ._batch import AtomsBatch
 
 #: Species the adapter builds MACE for by default (H, C, N, O, Na, Cl); MACE's
@@ -81,7 +81,7 @@ def species_one_hot(
 
 
 @register_model
-class MACEBackbone(ForceModel):
+class MACEBackbone(EdgeBackbone):
     """MACE (Batatia et al. 2022, mace-torch) through scalepool's embed/readout interface.
 
     Parameters
@@ -195,10 +195,6 @@ class MACEBackbone(ForceModel):
         self.n_features = sum(self._layer_scalars)
         self.n_vector_features = 0 if self._vector_slice is None else self._vector_slice[3]
 
-    def embed(self, batch: AtomsBatch) -> Features:
-        pairs, shifts = batch.neighbors(self.cutoff)
-        return self.embed_edges(batch.numbers, batch.edge_vectors(pairs, shifts), pairs)
-
     def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
         """Features from a full neighbour list (MACE's blocks, MACE's order).
 
@@ -242,9 +238,6 @@ class MACEBackbone(ForceModel):
                 chunk = torch.cat([chunk, chunk.new_zeros((chunk.shape[0], pad))], dim=-1)
             out = out + readout(chunk)[:, :1]
         return out
-
-    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
 
     def peer_inputs(self, batch: AtomsBatch) -> dict[str, Any]:
         """The input dict of ``self.mace(...)`` for ``batch`` on our neighbour list (benchmarks, tests)."""

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._base import Features, ForceModel, register_model
+from ._base import EdgeBackbone, Features, register_model
 from ._batch import AtomsBatch
 
 SO3KRATES_EXTRA = "pip install scalepool[so3krates]"
@@ -47,7 +47,7 @@ def import_so3krates():
 
 
 @register_model
-class SO3kratesBackbone(ForceModel):
+class SO3kratesBackbone(EdgeBackbone):
     """SO3krates (Frank et al. 2024, so3krates-torch) through scalepool's embed/readout interface.
 
     Parameters
@@ -127,10 +127,6 @@ class SO3kratesBackbone(ForceModel):
             offset += 2 * degree + 1
         self.n_vector_features = 0 if self._vector_start is None else 1
 
-    def embed(self, batch: AtomsBatch) -> Features:
-        pairs, shifts = batch.neighbors(self.cutoff)
-        return self.embed_edges(batch.numbers, batch.edge_vectors(pairs, shifts), pairs)
-
     def embed_edges(self, numbers: torch.Tensor, vectors: torch.Tensor, pairs: torch.Tensor) -> Features:
         """Features from a full neighbour list (SO3krates' blocks, its order).
 
@@ -180,9 +176,6 @@ class SO3kratesBackbone(ForceModel):
                 x = block.non_linearity(x)
         x = block.final_layer(x)
         return block.non_linearity(x) if block.final_non_linearity else x
-
-    def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
 
     def peer_inputs(self, batch: AtomsBatch) -> dict[str, torch.Tensor]:
         """The input dict of ``self.so3krates(...)`` for ``batch`` on our neighbour list."""
