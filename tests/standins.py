@@ -144,3 +144,18 @@ def run(out, frames, model=None, **kwargs):
     return train(model or PairModel(seed=0), frames, out, **options)
 
 
+
+
+def randomised_float64(model: nn.Module, energy_scale: float = 10.0) -> nn.Module:
+    """``model`` in float64 eval mode with its zero-initialised weight matrices drawn from
+    N(0, 0.3) (seed the global generator first) and ``energy_scale`` eV per unit of raw output
+    (a trained model's order of magnitude): an untrained model whose every term is exercised."""
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2 and not bool(p.any()):
+                p.normal_(0.0, 0.3)
+        for module in model.modules():
+            if hasattr(module, "species_scale"):
+                module.species_scale.fill_(energy_scale)
+    return model

@@ -9,6 +9,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_stress
+from standins import randomised_float64
 
 from scalepool.md import ScalepoolCalculator
 from scalepool.models import MixedForceModel, build_branch, save_model
@@ -31,15 +32,7 @@ BUILDERS = {
 def make_model(name: str) -> torch.nn.Module:
     """Float64 model; zero-initialised weight matrices drawn at random, energy scale 10 eV."""
     torch.manual_seed(0)
-    model = BUILDERS[name]().double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2 and not bool(p.any()):
-                p.normal_(0.0, 0.3)
-        for module in model.modules():
-            if hasattr(module, "species_scale"):
-                module.species_scale.fill_(10.0)
-    return model
+    return randomised_float64(BUILDERS[name]())
 
 
 def make_atoms(periodic: bool = True) -> Atoms:

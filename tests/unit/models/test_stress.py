@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from standins import randomised_float64
 
 from scalepool.models import AtomsBatch, MixedForceModel, build_branch, keys
 from scalepool.testing import TOLERANCES, frames_of, random_frames
@@ -52,15 +53,7 @@ def make_model(name: str) -> torch.nn.Module:
     """A float64 model in eval mode whose zero-initialised weight matrices are drawn at random,
     with an energy scale of 10 eV per unit of raw output (a trained model's order of magnitude)."""
     torch.manual_seed(0)
-    model = {**BUILDERS, **EXACT}[name]().double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2 and not bool(p.any()):
-                p.normal_(0.0, 0.3)
-        for module in model.modules():
-            if hasattr(module, "species_scale"):
-                module.species_scale.fill_(10.0)
-    return model
+    return randomised_float64({**BUILDERS, **EXACT}[name]())
 
 
 @pytest.fixture(scope="module")
