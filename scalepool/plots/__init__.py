@@ -6,6 +6,12 @@
 """
 
 from ._make import FIGURES, KEY_FIGURES, copy_figures, make_figures
+from ._memory import (
+    MEMORY_TARGETS_KB_PER_ATOM,
+    draw_memory_figure,
+    load_memory_results,
+    memory_table_markdown,
+)
 from ._scale_figures import draw_refinement_history
 from ._style import COLORS, FORMATS, STYLE, save, use_style
 
@@ -14,10 +20,14 @@ __all__ = [
     "FIGURES",
     "FORMATS",
     "KEY_FIGURES",
+    "MEMORY_TARGETS_KB_PER_ATOM",
     "STYLE",
     "copy_figures",
+    "draw_memory_figure",
     "draw_refinement_history",
+    "load_memory_results",
     "make_figures",
+    "memory_table_markdown",
     "save",
     "use_style",
 ]

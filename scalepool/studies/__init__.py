@@ -19,13 +19,23 @@ study                  what it writes
 """
 
 from ._pipeline import ParallelStage, Pipeline, stage_key
-from ._readme import export_results, readme_blocks, stale_blocks, write_readme
+from ._readme import (
+    BLOCK_GENERATORS,
+    MEMORY_CSVS,
+    export_results,
+    generate_blocks,
+    readme_blocks,
+    stale_blocks,
+    write_readme,
+)
 from ._registry import STUDIES, add_study_arguments, run_study, run_study_from_args, study_main
 from ._reproduce import reproduce
 from ._reproduce_config import BranchPlan, ReproduceConfig, make_config
 from ._study import Option, Study
 
 __all__ = [
+    "BLOCK_GENERATORS",
+    "MEMORY_CSVS",
     "STUDIES",
     "BranchPlan",
     "Option",
@@ -35,6 +45,7 @@ __all__ = [
     "Study",
     "add_study_arguments",
     "export_results",
+    "generate_blocks",
     "make_config",
     "readme_blocks",
     "reproduce",

@@ -1,22 +1,39 @@
 """The README's result blocks, generated from committed results (never typed by hand).
 
-``make demo`` ends with ``scalepool readme --write --run runs/demo``: the run's
-report, final table and stage timings are copied into ``results/quick/`` (with
-a ``provenance.json`` of the commit and the files' SHA-256), and every block of
-the README between ``<!-- BEGIN generated:NAME -->`` and
-``<!-- END generated:NAME -->`` is rewritten from those files.
+Every block of the README between ``<!-- BEGIN generated:NAME -->`` and
+``<!-- END generated:NAME -->`` has a generator in :data:`BLOCK_GENERATORS`: a
+function of the repository root that reads committed results files and returns
+the block's markdown.
+
+- ``quick-provenance``, ``quick-results``: ``results/quick/`` (``make demo`` ends
+  with ``scalepool readme --write --run runs/demo``: the run's report, final table
+  and stage timings are copied there with a ``provenance.json`` of the commit and
+  the files' SHA-256);
+- ``memory-table``: ``results/memory/final_*.csv`` (:data:`MEMORY_CSVS`, written by
+  ``benchmarks/memory.py``), rendered by :func:`scalepool.plots.memory_table_markdown`;
+- ``backbones-small``: ``results/backbones_small/study_*/`` (``summary.csv`` and
+  ``gains.csv`` of the backbone study), mean ± std over seeds;
+- ``testbeds-small``: ``results/testbeds_small/tables/*.csv`` (scale tables), each
+  routing row beside its null control.
+
 ``scalepool readme --check`` (run by the tests, hence by CI) fails when a block
-differs from what ``results/quick/`` generates.
+differs from what its files generate, when a block has no generator and when a
+block's source files are missing; ``--write`` rewrites the blocks.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from .._files import write_atomic, write_json, write_text
+from ..plots import memory_table_markdown
 from ..provenance import file_sha256, git_commit, utc_now
+from ..scales import NULL_PREFIX
 
 #: run-folder path -> name under ``results/quick/``
 EXPORTED = {
@@ -84,6 +101,142 @@ def readme_blocks(results: str | os.PathLike) -> dict[str, str]:
     }
 
 
+def _quick(name: str, results: Path | None = None) -> Callable[[Path], str]:
+    def generate(root: Path) -> str:
+        return readme_blocks(root / QUICK_RESULTS if results is None else results)[name]
+
+    generate.__doc__ = f"The ``{name}`` block from ``{QUICK_RESULTS}/report.md`` (or the given folder)."
+    return generate
+
+
+#: Folder of the quick run's committed results, relative to the repository root.
+QUICK_RESULTS = "results/quick"
+#: The memory benchmark's committed CSVs (glob patterns relative to the repository root).
+MEMORY_CSVS = ("results/memory/final_*.csv",)
+#: The committed small backbone study (one ``study_<backbone>/`` folder each).
+BACKBONES_SMALL = "results/backbones_small"
+#: The committed scale tables of the small testbed run.
+TESTBEDS_SMALL_TABLES = "results/testbeds_small/tables"
+
+
+def _sources(root: Path, patterns, what: str) -> list[Path]:
+    found = sorted({p for pattern in patterns for p in root.glob(pattern)})
+    if not found:
+        raise FileNotFoundError(f"{what}: no file matches {[str(root / p) for p in patterns]}")
+    return found
+
+
+def memory_block(root: str | os.PathLike) -> str:
+    """``memory-table``: the memory benchmark's table over :data:`MEMORY_CSVS`."""
+    root = Path(root)
+    return memory_table_markdown(_sources(root, MEMORY_CSVS, "memory-table"), root=root)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    # only empty fields are missing: pandas would also read the pair label "null" as NaN
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def _pm(mean, std, fmt: str = ".1f") -> str:
+    """``mean ± std`` (``–`` for a missing mean; no ``±`` without a std)."""
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:{fmt}}" if pd.isna(std) else f"{mean:{fmt}} ± {std:{fmt.lstrip('+')}}"
+
+
+def backbones_block(root: str | os.PathLike) -> str:
+    """``backbones-small``: test force MAE (meV/Å, mean ± std over seeds) of each backbone alone,
+    with the long branch and with MuSE, and their gains over the backbone alone (% of its MAE)."""
+    root = Path(root)
+    studies = [p for p in _sources(root, (f"{BACKBONES_SMALL}/study_*",), "backbones-small") if p.is_dir()]
+    lines = [
+        "| backbone | variant | overall MAE (meV/Å) | ions MAE (meV/Å) | parameters | gain over alone (%) | seeds |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for study in studies:
+        summary, gains = _read_csv(study / "summary.csv"), _read_csv(study / "gains.csv")
+        for column in ("backbone", "variant", "overall_mae", "overall_mae_std", "ion_mae", "ion_mae_std",
+                       "parameters", "n"):  # fmt: skip
+            if column not in summary:
+                raise ValueError(f"{study / 'summary.csv'}: no column {column!r}")
+        for _, row in summary.iterrows():
+            gain = gains[gains["backbone"] == row["backbone"]]
+            if row["variant"] == "alone":
+                cell = "–"
+            elif len(gain) != 1 or f"{row['variant']}_gain_pct" not in gain:
+                raise ValueError(
+                    f"{study / 'gains.csv'}: no {row['variant']}_gain_pct row for backbone {row['backbone']!r}"
+                )
+            else:
+                g = gain.iloc[0]
+                cell = _pm(g[f"{row['variant']}_gain_pct"], g[f"{row['variant']}_gain_pct_std"], "+.1f")
+            lines.append(
+                f"| {row['backbone']} | {row['variant']} | {_pm(row['overall_mae'], row['overall_mae_std'])} "
+                f"| {_pm(row['ion_mae'], row['ion_mae_std'])} | {row['parameters']:,.0f} | {cell} "
+                f"| {row['n']:.0f} |"
+            )
+    names = ", ".join(f"`{s.relative_to(root).as_posix()}/`" for s in studies)
+    return "\n".join(lines) + f"\n\nFrom `summary.csv` and `gains.csv` of {names}.\n"
+
+
+def _null_aligned(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Real rows and their null-control rows, in the same order (as ``scale_table`` writes them)."""
+    if "pair" not in table:
+        raise ValueError(f"{path}: no 'pair' column (real / null); is it a scale table?")
+    real = table[table["pair"] == "real"].reset_index(drop=True)
+    null = table[table["pair"] == "null"].reset_index(drop=True)
+    if null.empty:
+        raise ValueError(f"{path}: no null-control rows (pair == 'null')")
+    routed = real["fitted_on"].fillna("") != ""
+    names = null["method"].str.removeprefix(NULL_PREFIX)
+    if len(null) != len(real) or not (names[routed] == real["method"][routed]).all():
+        raise ValueError(f"{path}: the null rows do not follow the real rows' methods")
+    return real, null
+
+
+def testbeds_block(root: str | os.PathLike) -> str:
+    """``testbeds-small``: each scale table of the small testbed run, test force MAE (meV/Å) of
+    the real pair beside the null pair, gains over the better single branch (%) and the excess
+    over null (percentage points), mean ± std over seeds."""
+    root = Path(root)
+    parts = []
+    for path in _sources(root, (f"{TESTBEDS_SMALL_TABLES}/*.csv",), "testbeds-small"):
+        table = _read_csv(path)
+        real, null = _null_aligned(table, path)
+        testbed, _, pair = path.stem.partition("_")
+        parts += [
+            f"**{testbed}, {pair.replace('_', ' / ')}** (`{path.relative_to(root).as_posix()}`, "
+            f"{int(table['n_seeds'].max())} seeds)",
+            "",
+            "| method | overall MAE (meV/Å) | null: overall MAE | gain % (real / null) | excess over null (pp) | fitted on |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for i, row in real.iterrows():
+            gains = " / ".join(
+                "–" if pd.isna(g) else f"{g:+.1f}" for g in (row["gain_pct"], null.loc[i, "gain_pct"])
+            )
+            fitted = "" if pd.isna(row["fitted_on"]) else row["fitted_on"]
+            parts.append(
+                f"| {row['method']} | {_pm(row['overall_mae'], row['overall_mae_std'])} "
+                f"| {_pm(null.loc[i, 'overall_mae'], null.loc[i, 'overall_mae_std'])} | {gains} "
+                f"| {_pm(row['excess_over_null'], row['excess_over_null_std'], '+.1f')} | {fitted} |"
+            )
+        parts.append("")
+    return "\n".join(parts)
+
+
+#: README block name -> generator(repo_root) -> markdown, each reading committed results only.
+BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
+    "quick-provenance": _quick("quick-provenance"),
+    "quick-results": _quick("quick-results"),
+    "memory-table": memory_block,
+    "backbones-small": backbones_block,
+    "testbeds-small": testbeds_block,
+}
+
+
 def render_readme(text: str, blocks: dict[str, str]) -> str:
     """``text`` with every generated block replaced; raises when a block has no generator."""
     names = [m.group("name") for m in _BLOCK.finditer(text)]
@@ -93,20 +246,67 @@ def render_readme(text: str, blocks: dict[str, str]) -> str:
     return _BLOCK.sub(lambda m: m.group(1) + blocks[m.group("name")] + m.group(4), text)
 
 
-def stale_blocks(readme: str | os.PathLike, results: str | os.PathLike) -> list[str]:
-    """Names of the README blocks that differ from what ``results`` generates."""
-    text = Path(readme).read_text()
-    blocks = readme_blocks(results)
+def generate_blocks(
+    names, root: str | os.PathLike, results: str | os.PathLike | None = None
+) -> dict[str, str]:
+    """The markdown of the blocks ``names`` from the committed files under ``root``.
+
+    ``results`` replaces ``root/results/quick`` for the quick blocks.  Raises ``ValueError``
+    for a name without a generator and ``FileNotFoundError`` (naming the block) when a
+    block's source files are missing.
+    """
+    generators = dict(BLOCK_GENERATORS)
+    if results is not None:
+        generators.update(
+            {name: _quick(name, Path(results)) for name in ("quick-provenance", "quick-results")}
+        )
+    names = list(dict.fromkeys(names))
+    unknown = sorted(set(names) - set(generators))
+    if unknown:
+        raise ValueError(f"README blocks {unknown} have no generator; known: {sorted(generators)}")
+    blocks = {}
+    for name in names:
+        try:
+            blocks[name] = generators[name](Path(root))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"README block '{name}': its source files are missing: {err}") from err
+    return blocks
+
+
+def _current(readme: Path) -> tuple[str, dict[str, str]]:
+    text = readme.read_text()
     current = {m.group("name"): m.group("body") for m in _BLOCK.finditer(text)}
     if not current:
         raise ValueError(f"{readme} has no '<!-- BEGIN generated:NAME -->' block")
-    render_readme(text, blocks)  # raises on a block without a generator
+    return text, current
+
+
+def stale_blocks(
+    readme: str | os.PathLike,
+    results: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+) -> list[str]:
+    """Names of the README blocks that differ from what their committed files generate.
+
+    ``root`` (default: the README's folder) is the repository root the generators read;
+    ``results`` replaces ``root/results/quick`` for the quick blocks.
+    """
+    readme = Path(readme)
+    text, current = _current(readme)
+    blocks = generate_blocks(current, readme.parent if root is None else root, results)
     return sorted(name for name, body in current.items() if body != blocks[name])
 
 
-def write_readme(readme: str | os.PathLike, results: str | os.PathLike) -> list[str]:
-    """Rewrite the generated blocks of ``readme`` from ``results``; returns the changed names."""
-    changed = stale_blocks(readme, results)
+def write_readme(
+    readme: str | os.PathLike,
+    results: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+) -> list[str]:
+    """Rewrite the generated blocks of ``readme`` from their files; returns the changed names."""
+    readme = Path(readme)
+    text, current = _current(readme)
+    blocks = generate_blocks(current, readme.parent if root is None else root, results)
+    changed = sorted(name for name, body in current.items() if body != blocks[name])
     if changed:
-        write_text(readme, render_readme(Path(readme).read_text(), readme_blocks(results)))
+        write_text(readme, render_readme(text, blocks))
     return changed

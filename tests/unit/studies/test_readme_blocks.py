@@ -1,0 +1,146 @@
+"""README blocks beyond results/quick: the generator registry, memory, backbone and testbed blocks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scalepool.cli import main
+from scalepool.studies import BLOCK_GENERATORS, MEMORY_CSVS, generate_blocks, stale_blocks, write_readme
+
+REPO = Path(__file__).resolve().parents[3]
+TESTBED_TABLES = sorted((REPO / "results" / "testbeds_small" / "tables").glob("*.csv"))
+
+
+def block(name: str, body: str = "stale\n") -> str:
+    return f"<!-- BEGIN generated:{name} -->\n{body}<!-- END generated:{name} -->\n"
+
+
+def table_rows(text: str, first_cell: str | None = None) -> list[list[str]]:
+    """Body rows of every markdown table in ``text`` (header and rule rows dropped)."""
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")
+    ]
+    rows = [
+        r for r in rows if not set("".join(r)) <= set("-: ") and r[0] not in ("backbone", "method", "branch")
+    ]
+    return [r for r in rows if first_cell is None or r[0] == first_cell]
+
+
+def mean_std(cell: str) -> tuple[float, float]:
+    mean, std = cell.split(" ± ")
+    return float(mean), float(std)
+
+
+def near(printed: float, value: float, decimals: int = 1) -> bool:
+    return abs(printed - value) <= 0.5 * 10.0**-decimals + 1e-12
+
+
+def test_registry_names():
+    assert {"quick-provenance", "quick-results", "memory-table", "backbones-small", "testbeds-small"} <= set(
+        BLOCK_GENERATORS
+    )
+    assert MEMORY_CSVS == ("results/memory/final_*.csv",)
+
+
+def test_memory_block_fails_check_without_its_files_and_follows_them(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\n" + block("memory-table") + "tail\n")
+    # the block is in the README, its files are not: --check fails and says which block
+    assert main(["readme", "--check", "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert "'memory-table'" in err and "final_*.csv" in err
+    with pytest.raises(FileNotFoundError, match="memory-table"):
+        stale_blocks(readme)
+    memory = tmp_path / "results" / "memory"
+    memory.mkdir(parents=True)
+    for name in ("after_infer.csv", "after_train_20k.csv"):
+        shutil.copy(REPO / "results" / "memory" / name, memory / f"final_{name}")
+    assert main(["readme", "--check", "--readme", str(readme)]) == 1
+    quick = tmp_path / "results" / "quick"
+    quick.mkdir()
+    assert main(["readme", "--write", "--readme", str(readme)]) == 0
+    assert list(quick.iterdir()) == []  # --write without --run regenerates only, exports nothing
+    assert main(["readme", "--check", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# t\n") and text.endswith("tail\n") and "stale" not in text
+    assert "`results/memory/final_after_infer.csv`" in text
+    raw = pd.read_csv(memory / "final_after_train_20k.csv").set_index("branch")
+    row = table_rows(text, "muse")[-1]  # the muse training row comes last
+    assert row[1] == "train" and near(float(row[5]), raw.loc["muse", "peak_mb"] * 1024 / 17604)
+    readme.write_text(text.replace(row[5], "150.0"))  # a hand edit of a generated number
+    assert stale_blocks(readme) == ["memory-table"]
+
+
+def test_backbones_block_equals_the_study_files():
+    text = generate_blocks(["backbones-small"], REPO)["backbones-small"]
+    studies = sorted((REPO / "results" / "backbones_small").glob("study_*"))
+    rows = table_rows(text)
+    assert len(rows) == 3 * len(studies) == 9
+    for study in studies:
+        runs = pd.read_csv(study / "runs.csv")
+        summary = pd.read_csv(study / "summary.csv").set_index("variant")
+        for row in rows:
+            if row[0] != summary["backbone"].iloc[0]:
+                continue
+            variant = row[1]
+            per_seed = runs[runs["variant"] == variant]["overall_mae"]
+            mean, std = mean_std(row[2])
+            assert near(mean, per_seed.mean()) and near(std, per_seed.std(ddof=1))
+            assert near(mean_std(row[3])[0], summary.loc[variant, "ion_mae"])
+            assert int(row[6]) == len(per_seed) == 3
+            if variant == "alone":
+                assert row[5] == "–"
+                continue
+            # gain over the backbone alone, % of its MAE, per seed, then mean ± std (from runs.csv)
+            alone = runs[runs["variant"] == "alone"].set_index("seed")["overall_mae"]
+            other = runs[runs["variant"] == variant].set_index("seed")["overall_mae"]
+            gains = 100.0 * (alone - other) / alone
+            g_mean, g_std = mean_std(row[5])
+            assert near(g_mean, gains.mean()) and near(g_std, gains.std(ddof=1))
+
+
+def test_testbeds_block_rows_beside_null_control():
+    text = generate_blocks(["testbeds-small"], REPO)["testbeds-small"]
+    assert len(TESTBED_TABLES) == 4
+    sections = text.split("**")[1::2]
+    assert sections == ["chignolin, short / long", "chignolin, short / muse", "graphene, short / long",
+                        "graphene, short / muse"]  # fmt: skip
+    for path, part in zip(TESTBED_TABLES, text.split("**")[2::2], strict=True):
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        real = table[table["pair"] == "real"].reset_index(drop=True)
+        null = table[table["pair"] == "null"].reset_index(drop=True)
+        rows = table_rows(part)
+        assert [r[0] for r in rows] == list(real["method"])
+        for i, row in enumerate(rows):
+            assert near(mean_std(row[1])[0], real.loc[i, "overall_mae"])
+            assert near(mean_std(row[2])[0], null.loc[i, "overall_mae"])
+            real_gain, null_gain = (float(g) for g in row[3].split(" / "))
+            assert near(real_gain, real.loc[i, "gain_pct"]) and near(null_gain, null.loc[i, "gain_pct"])
+            if row[4] != "–":  # excess over null = real gain - null gain (percentage points)
+                assert near(mean_std(row[4])[0], real.loc[i, "excess_over_null"])
+
+
+def test_testbed_table_without_null_control_is_an_error(tmp_path):
+    tables = tmp_path / "results" / "testbeds_small" / "tables"
+    tables.mkdir(parents=True)
+    table = pd.read_csv(TESTBED_TABLES[0], keep_default_na=False, na_values=[""])
+    table[table["pair"] == "real"].to_csv(tables / "x_short_long.csv", index=False)
+    with pytest.raises(ValueError, match="x_short_long.csv: no null-control rows"):
+        generate_blocks(["testbeds-small"], tmp_path)
+
+
+def test_write_regenerates_every_block_from_its_root(tmp_path):
+    """Blocks of several sources in one README; --check covers each, --write mends each."""
+    shutil.copytree(REPO / "results" / "backbones_small", tmp_path / "results" / "backbones_small")
+    shutil.copytree(REPO / "results" / "quick", tmp_path / "results" / "quick")
+    readme = tmp_path / "README.md"
+    readme.write_text(block("quick-provenance") + "text\n" + block("backbones-small"))
+    assert stale_blocks(readme) == ["backbones-small", "quick-provenance"]
+    assert write_readme(readme) == ["backbones-small", "quick-provenance"]
+    assert stale_blocks(readme) == []
+    provenance = (REPO / "README.md").read_text().split("generated:quick-provenance -->\n")[1]
+    assert provenance.split("<!-- END")[0] in readme.read_text()
