@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from scalepool.data import FrameSet  # noqa: E402
 from scalepool.models import HAS_TORCH_SCATTER, AtomsBatch, build_branch, keep_freed_memory  # noqa: E402
 from scalepool.testing import water_box  # noqa: E402
+from scalepool.train import PRECISIONS, autocast  # noqa: E402
 
 
 def load_frames(path: str | None, box: float, n_frames: int) -> FrameSet:
@@ -78,16 +79,20 @@ def time_step(step, repeats: int, device: torch.device) -> tuple[float, float]:
     return best
 
 
-def make_step(model: torch.nn.Module, batch: AtomsBatch, mode: str):
+def make_step(model: torch.nn.Module, batch: AtomsBatch, mode: str, precision: str = "float32"):
+    """One timed step; ``precision`` as ``scalepool train --precision`` (forward under autocast)."""
+
     def infer():
         model.eval()
-        out = model(batch)
+        with autocast(precision, batch.device):
+            out = model(batch)
         return out["forces"].sum().item()
 
     def train():
         model.train()
         model.zero_grad(set_to_none=True)
-        out = model(batch)
+        with autocast(precision, batch.device):
+            out = model(batch)
         loss = (out["forces"] ** 2).mean() + 1e-3 * (out["energy"] ** 2).mean()
         loss.backward()
         return loss.item()
@@ -185,7 +190,8 @@ def peer_comparison(args, frames: FrameSet, overrides: dict, device: torch.devic
                     print(f"# {label} batch {size} {mode}: {n_edges:,} edges, above --max-peer-edges; skipped")
                     continue
                 timed = {}
-                for impl, step in (("scalepool", make_step(ours, batch, mode)), ("schnetpack", peer(batch, mode))):
+                steps = (("scalepool", make_step(ours, batch, mode, args.precision)), ("schnetpack", peer(batch, mode)))
+                for impl, step in steps:
                     wall, cpu = time_step(step, args.repeats, device)
                     timed[impl] = wall
                     row = (label, impl, size, mode, 1e3 * wall, size / wall, batch.n_atoms / wall, cpu)
@@ -210,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="model forward precision of our rows (fp16-mixed: CUDA only); the schnetpack peer stays float32",
+    )  # fmt: skip
     parser.add_argument("--no-peer", action="store_true", help="skip the schnetpack comparison")
     parser.add_argument(
         "--glibc-default",
@@ -241,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_frames(args.dataset, args.box, max(args.batch_sizes))
     print(f"# {frames.n_atoms} atoms per frame, {args.threads} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, device {_device_name(device)}, allocator: {allocator}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}, "
+          f"precision {args.precision}")  # fmt: skip
     if not HAS_TORCH_SCATTER:
         print("# torch-scatter is not installed: its aggregation rows are skipped")
     overrides = {} if args.n_features is None else {"n_features": args.n_features}
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"# {kind} {aggregation} batch {size} train skipped: above --max-plain-train-atoms"
                         )
                         continue
-                    wall, cpu = time_step(make_step(model, batch, mode), args.repeats, device)
+                    wall, cpu = time_step(make_step(model, batch, mode, args.precision), args.repeats, device)
                     row = (kind, f"{cfg['backbone']}-{aggregation}", size, mode, 1e3 * wall,
                            size / wall, batch.n_atoms / wall, cpu)  # fmt: skip
                     rows.append(row)

@@ -12,7 +12,12 @@ It reports the **peak resident set size above the idle baseline**: the
 baseline is ``ru_maxrss`` of the child just before the first step (Python,
 torch, the model, the frame and its tensors already loaded; 300-500 MB on CPU),
 the peak is ``ru_maxrss`` after the step, so the number is what the step
-itself adds.  On CUDA it also reports ``torch.cuda.max_memory_allocated``.
+itself adds.  On CUDA ``peak_mb`` (and ``KB/atom``, and the ``--max-rss-gb``
+prediction) is GPU memory instead: ``torch.cuda.max_memory_allocated`` during
+the steps minus ``torch.cuda.memory_allocated`` before them (``baseline_mb``),
+and ``cuda_peak_mb`` is the total ``max_memory_allocated``.  ``--precision``
+runs the forward as ``scalepool train --precision`` does (``bf16-mixed``,
+``fp16-mixed`` on CUDA only).
 Time is the wall-clock seconds of the step after the first (one warm-up), and
 its CPU seconds.  The neighbour search (vesin) is part of every step.
 
@@ -142,11 +147,12 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_case(frame: str, branch: str, mode: str, device: str, threads: int) -> dict:
+def run_case(frame: str, branch: str, mode: str, device: str, threads: int, precision: str = "float32") -> dict:
     """Build ``branch``, load ``frame`` (.npz), run one step and return the measurements."""
     import torch
 
     from scalepool.models import AtomsBatch, build_branch
+    from scalepool.train import autocast
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -160,9 +166,11 @@ def run_case(frame: str, branch: str, mode: str, device: str, threads: int) -> d
 
     def step():
         if mode == "infer":
-            out = model(batch)
+            with autocast(precision, device):
+                out = model(batch)
             return float(out["energy"].sum())
-        out = model(batch, create_graph=True)
+        with autocast(precision, device):
+            out = model(batch, create_graph=True)
         loss = (out["forces"] - reference).square().mean()
         model.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,12 +180,14 @@ def run_case(frame: str, branch: str, mode: str, device: str, threads: int) -> d
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
+        sync()
         torch.cuda.reset_peak_memory_stats()
-    baseline = _maxrss_mb()
+    baseline = torch.cuda.memory_allocated() / 2**20 if cuda else _maxrss_mb()
     step()
     sync()
-    peak = _maxrss_mb()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _maxrss_mb()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     step()
     sync()
@@ -206,7 +216,7 @@ def _systems(args, workdir: Path) -> list[tuple[str, int, Path]]:
 
 
 def _child(args) -> int:
-    result = run_case(args.child, args.branches[0], args.modes[0], args.device, args.threads)
+    result = run_case(args.child, args.branches[0], args.modes[0], args.device, args.threads, args.precision)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -245,6 +255,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:k]")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")
+    parser.add_argument(
+        "--precision", choices=("float32", "bf16-mixed", "fp16-mixed"), default="float32",
+        help="model forward precision (scalepool train --precision; fp16-mixed: CUDA only)",
+    )  # fmt: skip
     parser.add_argument("--max-rss-gb", type=float, default=14.0, help="skip cases predicted above this peak")
     parser.add_argument("--out", type=Path, help="CSV path; PATH.provenance.json is written next to it")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -257,7 +271,11 @@ def main(argv=None) -> int:
     import scalepool
 
     print(f"scalepool from {Path(scalepool.__file__).parent}")
-    print("peak_mb: peak RSS of the step minus the child's idle baseline (ru_maxrss before the first step)")
+    if args.device.startswith("cuda"):
+        print("peak_mb: CUDA max_memory_allocated of the steps minus memory_allocated before them (GPU memory)")
+    else:
+        print("peak_mb: peak RSS of the step minus the child's idle baseline (ru_maxrss before the first step)")
+    print(f"precision {args.precision}, device {args.device}")
     print(f"{'system':<16} {'atoms':>7} {'branch':<6} {'mode':<5} {'status':<8} {'base_MB':>8} "
           f"{'peak_MB':>9} {'KB/atom':>8} {'cuda_MB':>9} {'wall_s':>8} {'cpu_s':>8} {'us/atom':>9}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,7 +301,8 @@ def main(argv=None) -> int:
 
 def _spawn(path: Path, branch: str, mode: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--branches", branch,
-           "--modes", mode, "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
+           "--modes", mode, "--device", args.device, "--threads", str(args.threads),
+           "--precision", args.precision]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

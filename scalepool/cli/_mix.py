@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..train import SPLITS
+from ..train import PRECISIONS, SPLITS
 from ._train import (
     _setup,  # device check, allocator, threads: as for train and predict
     add_data_key_arguments,
@@ -93,6 +93,11 @@ def register(commands) -> None:
     evaluate.add_argument("--json", required=True, type=Path, help="output JSON file")
     evaluate.add_argument("--batch-size", type=int, default=1, help="frames per forward pass (default 1)")
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    evaluate.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="forward precision: float32 (default), or bf16-mixed / fp16-mixed (CUDA only): the model under "
+        "torch.autocast with float32 energy sums, electrostatics and forces",
+    )  # fmt: skip
     evaluate.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     evaluate.set_defaults(func=_evaluate)
 
@@ -136,6 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate_model(
         args.model, args.data, args.split, args.split_fractions, args.split_gap, args.device, args.batch_size,
         energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key, topology=args.topology,
+        precision=args.precision,
     )  # fmt: skip
     result["dataset"] = str(args.data.resolve())
     write_json(args.json, result)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..models import BRANCHES
-from ..train import TrainSettings, add_train_arguments, settings_from_args
+from ..train import PRECISIONS, TrainSettings, add_train_arguments, settings_from_args
 from ._config import add_config_argument
 
 
@@ -122,6 +122,11 @@ def register(commands) -> None:
     )  # fmt: skip
     predict.add_argument("--batch-size", type=int, default=1)
     predict.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    predict.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="forward precision: float32 (default), or bf16-mixed / fp16-mixed (CUDA only): the model under "
+        "torch.autocast with float32 energy sums, electrostatics and forces",
+    )  # fmt: skip
     predict.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     predict.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     predict.set_defaults(func=_predict)
@@ -257,6 +262,7 @@ def _predict(args: argparse.Namespace) -> int:
         data_path=args.data,
         progress=not args.no_progress,
         new_data=args.new_data,
+        precision=args.precision,
     )
     print(f"wrote {path}")
     print("test split, force errors in meV/Å (MAE and RMSE over force components):")

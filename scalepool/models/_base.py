@@ -207,7 +207,14 @@ class EdgeBackbone(ForceModel):
         raise NotImplementedError
 
     def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self.scale_shift(self.energy_head(features.scalar).squeeze(-1), batch.numbers)
+        """(n_atoms,) eV in the dtype of ``batch.positions``.
+
+        Under ``torch.autocast`` the head's output is bfloat16/float16; it is cast
+        to the positions' dtype (float32) before the species scale and shift, so
+        per-frame energies are float32 sums of float32 per-atom energies.
+        """
+        raw = self.energy_head(features.scalar).squeeze(-1).to(batch.positions.dtype)
+        return self.scale_shift(raw, batch.numbers)
 
 
 class MessagePassingBackbone(EdgeBackbone):

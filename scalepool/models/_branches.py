@@ -12,6 +12,7 @@ the scale layer and the training loop treat them alike.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -59,7 +60,8 @@ class _Branch(ForceModel):
 
     def _backbone_energies(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
         # The backbone's own scale/shift buffers stay at identity; the branch's apply.
-        raw = self.backbone.energy_head(features.scalar).squeeze(-1)
+        # under autocast the head's output is half precision: per-atom energies are float32 (positions' dtype)
+        raw = self.backbone.energy_head(features.scalar).squeeze(-1).to(batch.positions.dtype)
         return self.scale_shift(raw, batch.numbers)
 
 
@@ -114,8 +116,21 @@ class LongRangeBranch(_Branch):
         self.config["electrostatics"] = dict(self.electrostatics.options)
 
     def readout(self, batch: AtomsBatch, features: Features) -> torch.Tensor:
-        return self._backbone_energies(batch, features) + self.electrostatics(batch, features.scalar)
+        with _full_precision(batch):  # Ewald/PME sums are not safe in half precision
+            coulomb = self.electrostatics(batch, features.scalar.to(batch.positions.dtype))
+        return self._backbone_energies(batch, features) + coulomb
 
     def charges(self, batch: AtomsBatch) -> torch.Tensor:
         """Neutral per-atom charges (n_atoms,), e, as the head uses them."""
-        return self.electrostatics.charges(batch, self.embed(batch).scalar)
+        scalar = self.embed(batch).scalar
+        with _full_precision(batch):
+            return self.electrostatics.charges(batch, scalar.to(batch.positions.dtype))
+
+
+def _full_precision(batch: AtomsBatch):
+    """Autocast switched off on the batch's device while it is on (mixed precision), else a no-op:
+    the electrostatics head (charges, Ewald/PME) then runs in the positions' dtype."""
+    device_type = batch.positions.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -31,6 +31,20 @@ def _chunks(n_edges: int, row_size: int):
         yield slice(start, min(start + step, n_edges))
 
 
+def _summing_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs in one dtype, the widest of theirs and at least float32.
+
+    Under mixed precision (``torch.autocast``) the linear layers hand bfloat16 or
+    float16 features to these kernels; their sums over neighbours accumulate in
+    float32 (a half-precision running sum of ~50 messages loses the small ones).
+    Inputs already in one float32 or float64 dtype are returned unchanged.
+    """
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
 def _expand_edge(w: torch.Tensor, node_dim: int) -> torch.Tensor:
     """(E, F) -> (E, 1, F) when node tensors carry a Cartesian axis."""
     return w.unsqueeze(1) if node_dim == 3 else w
@@ -175,24 +189,24 @@ def gather_mul_scatter(
     x : (n_src, F) or (n_src, 3, F); w : (E, F), broadcast over the Cartesian
     axis; src, dst : (E,) int64.  Returns (n, F) or (n, 3, F).
     """
-    return _GatherMulScatter.apply(x, w, src, dst, n)
+    return _GatherMulScatter.apply(*_summing_dtype(x, w), src, dst, n)
 
 
 def gather_pair_dot(G: torch.Tensor, x: torch.Tensor, i1: torch.Tensor, i2: torch.Tensor) -> torch.Tensor:
     """``out_e = sum_c G[i1_e, c] * x[i2_e, c]`` (no sum for (n, F) inputs); returns (E, F)."""
-    return _GatherPairDot.apply(G, x, i1, i2)
+    return _GatherPairDot.apply(*_summing_dtype(G, x), i1, i2)
 
 
 def outer_scatter(u: torch.Tensor, a: torch.Tensor, dst: torch.Tensor, n: int) -> torch.Tensor:
     """``out[dst_e] += u_e ⊗ a_e``; u : (E, 3), a : (E, F); returns (n, 3, F)."""
-    return _OuterScatter.apply(u, a, dst, n)
+    return _OuterScatter.apply(*_summing_dtype(u, a), dst, n)
 
 
 def gather_dot_vector(G: torch.Tensor, u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``out_e = sum_c G[idx_e, c, :] u_e[c]``; G : (n, 3, F), u : (E, 3); returns (E, F)."""
-    return _GatherDotVector.apply(G, u, idx)
+    return _GatherDotVector.apply(*_summing_dtype(G, u), idx)
 
 
 def gather_dot_features(G: torch.Tensor, a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``out_e = sum_f G[idx_e, :, f] a_e[f]``; G : (n, 3, F), a : (E, F); returns (E, 3)."""
-    return _GatherDotFeatures.apply(G, a, idx)
+    return _GatherDotFeatures.apply(*_summing_dtype(G, a), idx)

@@ -35,8 +35,11 @@ def scatter_sum(
     Returns
     -------
     (dim_size, ...) with ``out[b] = sum(src[k] for k where index[k] == b)``;
-    empty bins are zero.
+    empty bins are zero.  Half-precision ``src`` (bfloat16/float16, from
+    ``torch.autocast``) is summed in float32 and the result is float32.
     """
+    if src.dtype in (torch.float16, torch.bfloat16):
+        src = src.float()
     if use_torch_scatter:
         if _torch_scatter is None:
             raise ImportError("use_torch_scatter=True but torch-scatter is not installed")

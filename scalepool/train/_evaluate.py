@@ -113,6 +113,7 @@ def evaluate_model(
     forces_key: str | None = None,
     stress_key: str | None = None,
     topology: str | os.PathLike | None = None,
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Force errors of a saved model on one split of a dataset, with where the split came from.
 
@@ -123,6 +124,8 @@ def evaluate_model(
     (meV/atom; None without energies), ``n_frames`` and ``n_atoms`` (atoms summed over
     the frames evaluated).  Raises ``ValueError`` without a usable split, or for species
     the model was not trained on (when its run or record lists them).
+    ``precision``: forward precision (``float32``, ``bf16-mixed``, ``fp16-mixed`` on CUDA;
+    :func:`scalepool.train.predict_forces`), reported as ``precision``.
     """
     model_path = Path(model_path)
     if split not in SPLITS:
@@ -170,7 +173,9 @@ def evaluate_model(
     except (RuntimeError, KeyError, EOFError, OSError) as err:  # torch.load / state-dict errors
         raise ValueError(f"cannot load model file {model_path}: {err}") from err
     dtype = next(model.parameters()).dtype
-    pred = predict_forces(model, frames, index, batch_size=batch_size, device=device, dtype=dtype)
+    pred = predict_forces(
+        model, frames, index, batch_size=batch_size, device=device, dtype=dtype, precision=precision
+    )
     if frames.ragged:
         atoms = frames.atom_index(index)
         table = force_errors(pred["forces"].astype(np.float64), frames.forces_flat[atoms], frames.numbers_flat[atoms])
@@ -206,4 +211,5 @@ def evaluate_model(
         "energy_mae_per_atom": energy_mae,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "precision": precision,
     }

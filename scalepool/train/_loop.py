@@ -53,6 +53,7 @@ from ._common import BEST, CHECKPOINT, CONFIG, HISTORY, LAST, NonFiniteError, Tr
 from ._distributed import Ranks, check_shards, evaluate_sharded, init_ranks
 from ._folder import open_run_folder
 from ._objective import BatchLoss, check_stress_labels
+from ._precision import check_precision, grad_scaler
 from ._predict import evaluate_forces
 from ._run_config import record_result, write_run_config
 from ._settings import TrainSettings, epoch_batches, steps_per_epoch
@@ -105,6 +106,7 @@ def train(
     data_path: str | os.PathLike | None = None,
     progress: bool = True,
     tensorboard: bool = False,
+    precision: str = "float32",
 ) -> TrainResult:
     """Train ``model`` on the training block of ``frames``; see the module docstring.
 
@@ -161,6 +163,13 @@ def train(
     progress : show a tqdm progress bar (rank 0 only)
     tensorboard : also write the history's scalars to ``out_dir/tensorboard`` (needs the
         ``tensorboard`` package; rank 0 only)
+    precision : ``"float32"`` (default; autocast never entered), ``"bf16-mixed"`` or
+        ``"fp16-mixed"`` (CUDA only): model forwards (training and validation) under
+        ``torch.autocast``; weights, energy sums, electrostatics, forces and the loss stay
+        float32, fp16 gradients go through a :class:`torch.amp.GradScaler`
+        (:mod:`scalepool.train._precision`).  Part of the run's request (``config.json``)
+        when not float32.  fp16's loss scale is not checkpointed: a resumed fp16 run starts
+        from the initial scale again.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment, or a process group the caller
     initialised) every rank calls ``train`` with the same arguments; ``batch_size`` is the global
@@ -184,6 +193,7 @@ def train(
         split_gap=split_gap, patience=patience, scheduler=scheduler, lr_factor=lr_factor,
         lr_patience=lr_patience, min_lr=min_lr, max_grad_norm=max_grad_norm, checkpoint_every=checkpoint_every,
         seed=seed, dtype=dtype, split_mode=split_mode, split_seed=split_seed, stress_weight=stress_weight,
+        precision=precision,
     )  # fmt: skip
     if not isinstance(frames, FrameSet):
         raise TrainError(f"frames must be a FrameSet, got {type(frames).__name__}")
@@ -195,6 +205,7 @@ def train(
     check_stress_labels(frames, settings.stress_weight)
     if tensorboard:
         check_tensorboard()
+    check_precision(settings.precision, resolve_device(device))
     ranks, device = init_ranks(resolve_device(device))
     clean = False
     try:
@@ -276,6 +287,7 @@ class _Session:
         self.base_elapsed = self.state.elapsed_s
         self.deadline = None if s.max_minutes is None else self.start_time + 60.0 * s.max_minutes
         self.net = BatchLoss(self.model, self.frames, s, self.ranks, self.device, self.dtype)  # one step's loss
+        self.scaler = grad_scaler(s.precision, self.device)  # fp16-mixed only
         if self.ranks.parallel:
             cuda = self.device.type == "cuda"
             # static_graph: parameters the loss does not reach (an energy-only shift trained without
@@ -378,9 +390,17 @@ class _Session:
             loss = self.ranks.mean(float(value.detach()))
             if not math.isfinite(loss):
                 raise self.non_finite(f"non-finite training loss ({loss})", shard, out)
-            value.backward()
+            if self.scaler is not None:  # fp16: scaled loss; an overflowing step is skipped, the scale lowered
+                self.scaler.scale(value).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                value.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            if (
+                self.scaler is None
+                and grads
+                and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+            ):
                 names = [
                     name
                     for name, p in model.named_parameters()
@@ -390,7 +410,11 @@ class _Session:
             if s.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), s.max_grad_norm)
             self.phase = "step"
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
             state.loss_sum += loss
             state.loss_count += 1
             state.batch += 1
@@ -408,6 +432,8 @@ class _Session:
         s, state = self.s, self.state
         self.batch_rng, self.phase = rng_state(), "validate"
         options = {"batch_size": s.batch_size, "device": self.device, "dtype": self.dtype, "check_finite": True}
+        if s.precision != "float32":
+            options["precision"] = s.precision
         try:
             if self.ranks.parallel:  # every rank its part of the frames, errors summed over ranks
                 scores = evaluate_sharded(self.model, self.frames, self.split["val"], self.ranks, **options)

@@ -25,6 +25,7 @@ from torch import nn
 from ..data import FrameSet
 from ._common import TrainError
 from ._distributed import Ranks
+from ._precision import autocast
 from ._predict import forward_frames
 from ._settings import TrainSettings
 
@@ -68,13 +69,17 @@ class BatchLoss(nn.Module):
         self.loss_fn = settings.loss_function()
         self.energy_weight = settings.energy_weight if frames.energy is not None else 0.0
         self.stress_weight = settings.stress_weight
+        self.precision = settings.precision
         check_stress_labels(frames, self.stress_weight)
 
     def forward(self, index: np.ndarray, shard: np.ndarray) -> dict:
         model = self.model
         if self.stress_weight > 0:
             model = lambda batch: self.model(batch, compute_stress=True)  # noqa: E731
-        out, labels, n = forward_frames(model, self.frames, shard, self.device, self.dtype)
+        # mixed precision: the forward (and the force gradient inside it) under autocast; the
+        # model returns float32 energies and forces, so the loss below is float32
+        with autocast(self.precision, self.device):
+            out, labels, n = forward_frames(model, self.frames, shard, self.device, self.dtype)
         force_weight = frame_weight = 1.0
         if self.ranks.parallel:
             force_weight = self.ranks.loss_weight(atoms_in(self.frames, shard), atoms_in(self.frames, index))

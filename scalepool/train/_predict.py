@@ -29,6 +29,7 @@ from ..provenance import git_commit, library_versions
 from ..units import EV_TO_MEV
 from . import _model_io
 from ._common import BEST, TrainError, resolve_device, resolve_dtype
+from ._precision import autocast, check_precision
 from ._run_config import read_run_config
 from ._state import kept_note, writing
 
@@ -88,6 +89,7 @@ def predict_forces(
     progress: bool = False,
     desc: str = "predict",
     check_finite: bool = True,
+    precision: str = "float32",
 ) -> dict[str, np.ndarray]:
     """Forces and energies of the frames ``indices`` (all when ``None``), in eval mode.
 
@@ -98,8 +100,11 @@ def predict_forces(
     The model is moved to ``device``/``dtype`` and its train/eval mode restored.
     ``check_finite``: raise :class:`TrainError` naming the frames (indices into
     ``frames``) of the first batch whose predicted forces hold NaN or inf.
+    ``precision``: ``"float32"`` (no autocast), ``"bf16-mixed"`` or ``"fp16-mixed"`` (CUDA):
+    each forward under ``torch.autocast``; energies and forces still come back float32.
     """
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    check_precision(precision, dev, dt)
     idx = np.arange(frames.n_frames) if indices is None else np.atleast_1d(np.asarray(indices))
     if batch_size < 1:
         raise TrainError(f"batch_size must be >= 1, got {batch_size}")
@@ -120,7 +125,7 @@ def predict_forces(
                 if len(part) == 0:
                     continue
                 batch = AtomsBatch.from_frameset(frames, idx[part], dev, dt)
-                with torch.enable_grad():  # forces are energy gradients
+                with torch.enable_grad(), autocast(precision, dev):  # forces are energy gradients
                     out = model(batch)
                 predicted = out["forces"].detach().cpu().numpy()
                 bounds = np.concatenate([[0], np.cumsum(counts[part])])
@@ -197,6 +202,7 @@ def predict_cache(
     check_dataset: bool = True,
     progress: bool = True,
     new_data: bool = False,
+    precision: str = "float32",
 ) -> Path:
     """Predict every frame with each run's model and write the prediction cache.
 
@@ -218,12 +224,15 @@ def predict_cache(
     new_data : ``frames`` is a new dataset (none of it was trained on): no
         checksum check, no training split; every frame is a test row
         (``meta["new_dataset"]`` is True, ``split_fractions`` None)
+    precision : forward precision of the predictions (:func:`predict_forces`); recorded in
+        ``meta["precision"]`` when not float32
 
     Returns the path written.  The schema is in the module docstring.
     """
     if not runs:
         raise TrainError("predict_cache needs at least one run directory")
     dev = resolve_device(device)
+    check_precision(precision, dev)
     configs = [(Path(run), read_run_config(run)) for run in runs]
     resolved = [run.resolve() for run, _ in configs]
     repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
@@ -280,6 +289,7 @@ def predict_cache(
                 dtype=run_dtype,
                 progress=progress,
                 desc=f"predict {config['branch']}",
+                precision=precision,
             )
         except TrainError as err:
             raise TrainError(
@@ -303,6 +313,8 @@ def predict_cache(
         "versions": library_versions(),
         "git_commit": git_commit(),
     }
+    if precision != "float32":
+        meta["precision"] = precision
     if mode == "time":  # dataset frames [start, stop) of each block: routers refuse a "train" row outside it
         meta["split_blocks"] = {
             name: [int(idx[0]), int(idx[-1]) + 1] for name, idx in blocks.items() if len(idx)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ._common import TrainError, dtype_name, resolve_dtype
+from ._precision import PRECISIONS, check_precision
 
 LOSSES = ("mae", "mse", "huber")
 SPLIT_MODES = ("time", "random")  # time blocks (trajectories) or seeded random (independent frames)
@@ -47,9 +48,11 @@ class TrainSettings:
     split_mode: str = "time"
     split_seed: int = 0
     stress_weight: float = 0.0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", dtype_name(resolve_dtype(self.dtype)))
+        check_precision(self.precision, dtype=self.dtype)  # the device is checked by train()
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
         checks = [
             (_is_int(self.epochs, 1), f"epochs must be an integer >= 1, got {self.epochs!r}"),
@@ -111,6 +114,8 @@ class TrainSettings:
             request.pop("split_seed")
         if not self.stress_weight:  # off (the default): runs from before the stress loss keep their request
             request.pop("stress_weight")
+        if self.precision == "float32":  # the default: runs from before mixed precision keep their request
+            request.pop("precision")
         if self.scheduler == "cosine":
             request["epochs"] = self.epochs
         return {"branch": branch, "model": model_config, **request}
@@ -168,6 +173,11 @@ TRAIN_FLAGS: dict[str, tuple[str, tuple | None]] = {
         "seed of a random split, apart from --seed so that runs of several seeds "
         "(a null control) share one split",
         None,
+    ),
+    "precision": (
+        "float32, or the model forward under torch.autocast in bfloat16/float16 with float32 weights, "
+        "energy sums, electrostatics, forces and loss (fp16-mixed: CUDA only, with a GradScaler)",
+        PRECISIONS,
     ),
 }
 
