@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= runs/demo
 
-.PHONY: setup demo test test-fast lint clean-demo
+.PHONY: setup demo demo-testbeds test test-fast lint clean-demo
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/scalepool reproduce --quick --out $(DEMO) --figures-dir figures
 	$(BIN)/scalepool readme --write --run $(DEMO)
+
+# the graphene and chignolin benchmarks (issue 14) at the quick size, ~20 min on 2 cores
+demo-testbeds: setup
+	$(BIN)/scalepool reproduce --quick --testbeds-only --out $(DEMO) --figures-dir figures
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -74,6 +74,19 @@ def register(commands) -> None:
     )
     reproduce.add_argument("--force", nargs="+", default=(), metavar="STAGE", help="redo these stages")
     reproduce.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    testbeds = reproduce.add_mutually_exclusive_group()
+    testbeds.add_argument(
+        "--testbeds",
+        action="store_true",
+        help="after the NaCl stages, run the graphene and chignolin folding benchmarks in OUT/testbeds/ "
+        "(data, short/long/MuSE runs, caches, scale tables with the null pair, the folding and "
+        "graphene_profiles studies, figures, report.md); --quick takes about 20 minutes on 2 CPU cores",
+    )
+    testbeds.add_argument(
+        "--testbeds-only",
+        action="store_true",
+        help="run only the testbed benchmarks (skip the NaCl pipeline)",
+    )
     add_config_argument(reproduce)
     reproduce.set_defaults(func=_reproduce)
 
@@ -285,6 +298,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         reproduce(
             args.out, quick=args.quick, device=args.device, seed=args.seed, threads=args.threads,
             figures_dir=args.figures_dir, force=args.force, progress=not args.no_progress, jobs=args.jobs,
+            testbeds=args.testbeds, testbeds_only=args.testbeds_only,
         )  # fmt: skip
     except KeyboardInterrupt:
         print(
@@ -316,17 +330,22 @@ def main(argv: list[str] | None = None) -> int:
 def _register_readme(commands) -> None:
     readme = commands.add_parser(
         "readme",
-        help="check or rewrite the README's generated result blocks from results/quick/",
-        description="The README's result blocks are generated from committed results. --check exits 1 when "
-        "a block differs from what --results generates; --write rewrites them (with --run, after copying a "
-        "finished 'scalepool reproduce' run's report and tables into --results).",
+        help="check or rewrite the README's generated result blocks from committed results",
+        description="The README's result blocks are generated from committed results (results/quick/, "
+        "results/memory/final_*.csv, results/backbones_small/, results/testbeds_small/tables/, read from the "
+        "README's folder). --check exits 1 when a block differs from what its files generate (2 when they are "
+        "missing); --write rewrites them (with --run, after copying a finished 'scalepool reproduce' run's "
+        "report and tables into --results).",
     )
     action = readme.add_mutually_exclusive_group(required=True)
     action.add_argument("--check", action="store_true", help="exit 1 when a generated block is stale")
     action.add_argument("--write", action="store_true", help="rewrite the generated blocks")
     readme.add_argument("--readme", type=Path, default=_REPO / "README.md", help="README to check or rewrite")
     readme.add_argument(
-        "--results", type=Path, default=_REPO / "results" / "quick", help="committed results folder"
+        "--results",
+        type=Path,
+        default=None,
+        help="committed quick-run results folder (default: results/quick/ beside the README)",
     )
     readme.add_argument(
         "--run", type=Path, default=None, help="with --write: export this run into --results first"
@@ -346,14 +365,15 @@ def _readme(args: argparse.Namespace) -> int:
         stale = stale_blocks(args.readme, args.results)
         if stale:
             print(
-                f"{args.readme}: generated block(s) {stale} differ from {args.results}; "
+                f"{args.readme}: generated block(s) {stale} differ from the committed results; "
                 "run 'scalepool readme --write'",
                 file=sys.stderr,
             )
             return 1
-        print(f"{args.readme}: generated blocks match {args.results}")
+        print(f"{args.readme}: generated blocks match the committed results")
         return 0
     if args.run is not None:
+        args.results = args.results or args.readme.parent / "results" / "quick"
         names = export_results(args.run, args.results)
         print(f"exported {len(names)} file(s) from {args.run} into {args.results}")
     changed = write_readme(args.readme, args.results)
