@@ -47,13 +47,16 @@ def run_model(model, frames, frame, device, dtype, precision):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "data/nacl_default.npz")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[1] / "data/nacl_default.npz"
+    )
     parser.add_argument("--frame", type=int, default=0)
     parser.add_argument("--runs", type=Path, nargs="*", default=None, help="run folders (best.pt is used)")
     parser.add_argument("--mixed", nargs="+", default=["bf16-mixed"], choices=PRECISIONS[1:])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the table as markdown here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -69,13 +72,16 @@ def main(argv=None) -> None:
             torch.manual_seed(args.seed)
             models[name] = build_branch(name)
             fit_species_statistics(models[name], frames[list(range(min(10, frames.n_frames)))])
-    ref_forces = frames.forces_flat[frames.atom_index([args.frame])] if frames.ragged else frames.forces[args.frame]
+    ref_forces = (
+        frames.forces_flat[frames.atom_index([args.frame])] if frames.ragged else frames.forces[args.frame]
+    )
     print(f"{args.data.name} frame {args.frame} ({n_atoms} atoms), device {device}; errors against float64")
     header = (
         f"{'model':8s} {'precision':11s} {'dE meV/atom':>12s} {'F rms meV/Å':>12s} {'F max meV/Å':>12s}"
         f" {'F rel rms':>10s} {'|F| rms eV/Å':>13s} {'model MAE meV/Å':>16s}"
     )
     print(header)
+    rows = []
     for name, model in models.items():
         e64, f64 = run_model(model, frames, args.frame, device, torch.float64, "float32")
         scale = float(np.sqrt(np.mean(f64**2)))
@@ -84,10 +90,32 @@ def main(argv=None) -> None:
             e, f = run_model(model, frames, args.frame, device, torch.float32, precision)
             err = f - f64
             rms = float(np.sqrt(np.mean(err**2)))
-            print(
-                f"{name:8s} {precision:11s} {abs(e - e64) / n_atoms * EV_TO_MEV:12.4f} {rms * EV_TO_MEV:12.4f}"
-                f" {np.abs(err).max() * EV_TO_MEV:12.4f} {rms / scale:10.2e} {scale:13.3f} {mae:16.1f}"
+            row = (
+                abs(e - e64) / n_atoms * EV_TO_MEV,
+                rms * EV_TO_MEV,
+                np.abs(err).max() * EV_TO_MEV,
+                rms / scale,
             )
+            rows.append(
+                f"| {name} | {precision} | {row[0]:.4f} | {row[1]:.4f} | {row[2]:.3f} | {row[3]:.1e} | {mae:.1f} |"
+            )
+            print(
+                f"{name:8s} {precision:11s} {row[0]:12.4f} {row[1]:12.4f}"
+                f" {row[2]:12.4f} {row[3]:10.2e} {scale:13.3f} {mae:16.1f}"
+            )
+    if args.markdown is not None:
+        from scalepool._files import write_text
+
+        lines = [
+            f"{args.data.name}, frame {args.frame} ({n_atoms} atoms), device {device}; errors against float64 "
+            "(same weights); model MAE: the float64 model's force MAE against the frame's labels.",
+            "",
+            "| model | precision | dE meV/atom | F RMS meV/Å | F max meV/Å | F RMS / RMS force | model MAE meV/Å |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
+        write_text(args.markdown, "\n".join(lines) + "\n")
+        print(f"wrote {args.markdown}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ the block's markdown.
 - ``backbones-small``: ``results/backbones_small/study_*/`` (``summary.csv`` and
   ``gains.csv`` of the backbone study), mean ± std over seeds;
 - ``testbeds-small``: ``results/testbeds_small/tables/*.csv`` (scale tables), each
-  routing row beside its null control.
+  routing row beside its null control; ``testbeds-quick`` the same for
+  ``results/testbeds_quick/tables/`` (``make demo-testbeds``);
+- ``precision-table``: ``results/precision/quick_models.md``, written by
+  ``benchmarks/precision.py --markdown``.
 
 ``scalepool readme --check`` (run by the tests, hence by CI) fails when a block
 differs from what its files generate, when a block has no generator and when a
@@ -117,6 +120,10 @@ MEMORY_CSVS = ("results/memory/final_*.csv",)
 BACKBONES_SMALL = "results/backbones_small"
 #: The committed scale tables of the small testbed run.
 TESTBEDS_SMALL_TABLES = "results/testbeds_small/tables"
+#: the scale tables of ``scalepool reproduce --quick --testbeds-only`` (``make demo-testbeds``)
+TESTBEDS_QUICK_TABLES = "results/testbeds_quick/tables"
+#: benchmark tables written as markdown by the benchmarks' ``--markdown`` option: block -> file
+MARKDOWN_TABLES = {"precision-table": "results/precision/quick_models.md"}
 
 
 def _sources(root: Path, patterns, what: str) -> list[Path]:
@@ -196,13 +203,16 @@ def _null_aligned(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.Dat
     return real, null
 
 
-def testbeds_block(root: str | os.PathLike) -> str:
-    """``testbeds-small``: each scale table of the small testbed run, test force MAE (meV/Å) of
-    the real pair beside the null pair, gains over the better single branch (%) and the excess
-    over null (percentage points), mean ± std over seeds."""
+def testbeds_block(
+    root: str | os.PathLike, tables: str = TESTBEDS_SMALL_TABLES, name: str = "testbeds-small"
+) -> str:
+    """``testbeds-small`` / ``testbeds-quick``: each scale table of a testbed run (``tables``: its
+    folder of ``scalepool table`` CSVs), test force MAE (meV/Å) of the real pair beside the null
+    pair, gains over the better single branch (%) and the excess over null (percentage points),
+    mean ± std over seeds."""
     root = Path(root)
     parts = []
-    for path in _sources(root, (f"{TESTBEDS_SMALL_TABLES}/*.csv",), "testbeds-small"):
+    for path in _sources(root, (f"{tables}/*.csv",), name):
         table = _read_csv(path)
         real, null = _null_aligned(table, path)
         testbed, _, pair = path.stem.partition("_")
@@ -227,6 +237,12 @@ def testbeds_block(root: str | os.PathLike) -> str:
     return "\n".join(parts)
 
 
+def markdown_block(root: str | os.PathLike, name: str) -> str:
+    """A benchmark's committed markdown table (:data:`MARKDOWN_TABLES`), verbatim, with its source named."""
+    (path,) = _sources(Path(root), (MARKDOWN_TABLES[name],), name)
+    return path.read_text().rstrip("\n") + f"\n\nFrom `{MARKDOWN_TABLES[name]}`.\n"
+
+
 #: README block name -> generator(repo_root) -> markdown, each reading committed results only.
 BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
     "quick-provenance": _quick("quick-provenance"),
@@ -234,6 +250,8 @@ BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
     "memory-table": memory_block,
     "backbones-small": backbones_block,
     "testbeds-small": testbeds_block,
+    "testbeds-quick": lambda root: testbeds_block(root, TESTBEDS_QUICK_TABLES, "testbeds-quick"),
+    **{name: (lambda root, name=name: markdown_block(root, name)) for name in MARKDOWN_TABLES},
 }
 
 
