@@ -14,7 +14,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from ..models import AtomsBatch, ForceModel, load_model
+from ..models import AtomsBatch, ForceModel, LatentChargeEwald, load_model
 from ._molecular import ideal_gas_correction, molecular_virial, molecule_offsets, water_molecule_ids
 
 
@@ -30,7 +30,10 @@ class ScalepoolCalculator(Calculator):
     molecules : ``None`` (atomic stress), ``"water"`` (each O, H, H water one
         molecule, ions alone: :func:`~scalepool.md.water_molecule_ids`) or an
         (n_atoms,) integer molecule id per atom.  Use it with rigid molecules
-        (:class:`~scalepool.md.RigidBonds`), e.g. for a barostat.
+        (:class:`~scalepool.md.RigidBonds`), e.g. for a barostat.  With
+        ``molecules`` the P3M/PME mesh of every electrostatics head is frozen
+        at the first periodic cell computed (:meth:`LatentChargeEwald.freeze_mesh`),
+        so the energy does not jump when the box crosses a mesh-size boundary.
 
     The Atoms must be fully periodic (the cell rows are the cell vectors) or
     fully open; mixed boundary conditions are refused.  ``stress`` is ASE's
@@ -111,6 +114,11 @@ class ScalepoolCalculator(Calculator):
         # and then the stress, evaluate the model once per step.
         gradients = "forces" in properties or "stress" in properties
         stress = gradients and batch.cell is not None
+        if self.molecules is not None and batch.cell is not None:
+            # NPT: keep the P3M mesh of the first cell, so the energy is smooth in the cell.
+            for head in self.model.modules():
+                if isinstance(head, LatentChargeEwald) and head.method != "ewald" and head.mesh_shape is None:
+                    head.freeze_mesh(batch.cell[0])
         out = self.model(batch, compute_forces=gradients, create_graph=False, compute_stress=stress)
         energy = float(out["energy"].detach()[0])
         self.results = {

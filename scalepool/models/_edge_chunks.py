@@ -69,8 +69,14 @@ class _Spec:
 
     def __init__(self, fn, chunk, n_weights, node_index, n_edge, dst, n):
         self.fn, self.chunk, self.n = fn, int(chunk), int(n)
-        self.n_weights, self.node_index, self.n_edge, self.dst = n_weights, tuple(node_index), n_edge, dst
+        self.n_weights, self.node_index, self.n_edge = n_weights, tuple(node_index), n_edge
+        self.dst = tuple(dst)  # one (E,) index, or one per message
+        self.n_edges = int(self.dst[0].shape[0])
         self.n_inputs = n_weights + len(self.node_index) + n_edge
+
+    def dst_of(self, o: int) -> torch.Tensor:
+        """(E,) int64: the node each edge's message ``o`` is summed onto."""
+        return self.dst[o] if len(self.dst) > 1 else self.dst[0]
 
     def kind(self, k: int) -> str:
         if k < self.n_weights:
@@ -88,11 +94,10 @@ class _Spec:
         return out
 
     def scatter(self, messages: Sequence[torch.Tensor], sl: slice, totals: list | None) -> list[torch.Tensor]:
-        dst = self.dst[sl]
         if totals is None:
             totals = [m.new_zeros((self.n, *m.shape[1:])) for m in messages]
-        for total, m in zip(totals, messages, strict=True):
-            total.index_add_(0, dst, m)
+        for o, (total, m) in enumerate(zip(totals, messages, strict=True)):
+            total.index_add_(0, self.dst_of(o)[sl], m)
         return totals
 
     def accumulate(self, k: int, total: torch.Tensor, grad: torch.Tensor | None, sl: slice) -> None:
@@ -118,7 +123,7 @@ class _ChunkedEdgeSum(torch.autograd.Function):
     def forward(ctx, spec: _Spec, *inputs):
         totals = None
         with torch.no_grad():
-            for sl in _slices(spec.dst.shape[0], spec.chunk):
+            for sl in _slices(spec.n_edges, spec.chunk):
                 totals = spec.scatter(_messages(spec, spec.chunk_inputs(inputs, sl)), sl, totals)
         ctx.spec = spec
         ctx.save_for_backward(*inputs)
@@ -144,13 +149,13 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
     def forward(ctx, spec: _Spec, wanted: tuple[int, ...], *args):
         inputs, grads = args[: spec.n_inputs], args[spec.n_inputs :]
         totals = [torch.zeros_like(inputs[k]) for k in wanted]
-        for sl in _slices(spec.dst.shape[0], spec.chunk):
+        for sl in _slices(spec.n_edges, spec.chunk):
             with torch.enable_grad():
                 xs = [x.detach() for x in spec.chunk_inputs(inputs, sl)]
                 for k in wanted:
                     xs[k].requires_grad_(True)
                 messages = _messages(spec, xs)
-                cot = [torch.index_select(g, 0, spec.dst[sl]) for g in grads]
+                cot = [torch.index_select(g, 0, spec.dst_of(o)[sl]) for o, g in enumerate(grads)]
                 pairs = [(m, c) for m, c in zip(messages, cot, strict=True) if m.requires_grad]
                 if not pairs:
                     continue
@@ -175,12 +180,15 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
         g_totals = {o: torch.zeros_like(grads[o]) for o in need_g}
         if not need_in and not need_g:
             return (None, None) + (None,) * len(args)
-        for sl in _slices(spec.dst.shape[0], spec.chunk):
+        for sl in _slices(spec.n_edges, spec.chunk):
             with torch.enable_grad():
                 xs = [x.detach() for x in spec.chunk_inputs(inputs, sl)]
                 for k in set(wanted) | set(need_in):
                     xs[k].requires_grad_(True)
-                cot = [torch.index_select(g.detach(), 0, spec.dst[sl]).requires_grad_(True) for g in grads]
+                cot = [
+                    torch.index_select(g.detach(), 0, spec.dst_of(o)[sl]).requires_grad_(True)
+                    for o, g in enumerate(grads)
+                ]
                 messages = _messages(spec, xs)
                 pairs = [(m, c) for m, c in zip(messages, cot, strict=True) if m.requires_grad]
                 if not pairs:
@@ -208,7 +216,7 @@ class _ChunkedEdgeVJP(torch.autograd.Function):
                 spec.accumulate(k, in_totals[k], g, sl)
             for o, g in zip(need_g, second[len(need_in) :], strict=True):
                 if g is not None:
-                    g_totals[o].index_add_(0, spec.dst[sl], g)
+                    g_totals[o].index_add_(0, spec.dst_of(o)[sl], g)
         grads_in = [in_totals.get(k) for k in range(spec.n_inputs)]
         grads_g = [g_totals.get(o) for o in range(len(grads))]
         return (None, None, *grads_in, *grads_g)
@@ -219,7 +227,7 @@ def chunked_edge_sum(
     weights: Sequence[torch.Tensor],
     nodes: Sequence[tuple[torch.Tensor, torch.Tensor]],
     edges: Sequence[torch.Tensor],
-    dst: torch.Tensor,
+    dst: torch.Tensor | Sequence[torch.Tensor],
     n: int,
     chunk: int = DEFAULT_EDGE_CHUNK,
 ) -> tuple[torch.Tensor, ...]:
@@ -234,7 +242,9 @@ def chunked_edge_sum(
     weights : tensors used whole by every chunk (filter weights), any shapes
     nodes : ``(x, index)`` pairs: x (n_src, ...) gathered by index (E,) int64
     edges : per-edge tensors (E, ...), e.g. edge vectors (E, 3) Å
-    dst : (E,) int64, the node each message is summed onto
+    dst : (E,) int64, the node each message is summed onto; or a sequence of
+        such indices, one per message ``fn`` returns (e.g. both ends of a
+        half-list pair: ``(pairs[:, 0], pairs[:, 1])``)
     n : number of destination nodes
     chunk : edges per chunk (positive)
 
@@ -245,12 +255,18 @@ def chunked_edge_sum(
     """
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of edges, got {chunk}")
-    n_edges = dst.shape[0]
+    dsts = (dst,) if isinstance(dst, torch.Tensor) else tuple(dst)
+    if not dsts:
+        raise ValueError("dst must be an (E,) int64 index or a non-empty sequence of them")
+    n_edges = dsts[0].shape[0]
+    for o, d in enumerate(dsts):
+        if d.shape != (n_edges,):
+            raise ValueError(f"dst {o} has shape {tuple(d.shape)}, expected ({n_edges},) like dst 0")
     for k, (_, index) in enumerate(nodes):
         if index.shape != (n_edges,):
             raise ValueError(f"node input {k}: index has shape {tuple(index.shape)}, expected ({n_edges},)")
     for k, e in enumerate(edges):
         if e.shape[0] != n_edges:
             raise ValueError(f"edge input {k} has {e.shape[0]} rows, expected {n_edges} (one per edge)")
-    spec = _Spec(fn, chunk, len(weights), [index for _, index in nodes], len(edges), dst, n)
+    spec = _Spec(fn, chunk, len(weights), [index for _, index in nodes], len(edges), dsts, n)
     return _ChunkedEdgeSum.apply(spec, *weights, *(x for x, _ in nodes), *edges)

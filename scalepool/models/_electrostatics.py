@@ -26,6 +26,20 @@ accuracy 1e-3 picked smearing 1.86 Å and a 32^3 mesh: 3.2 meV/Å RMSE,
 -0.8 meV/atom, and took 17-30 s.)  The settings depend on density and charge
 magnitudes, not on the box size.  ``tune=True`` instead runs torch-pme's tuner
 once per cell shape (cache keyed by the cell rounded to 0.01 Å).
+
+Memory: a frame with more real-space pairs than ``edge_chunk`` (default
+262,144; 1.27M at 17.6k atoms, 98k on the 1,467-atom testbed) sums its
+real-space term itself, in chunks through
+:func:`~scalepool.models._edge_chunks.chunked_edge_sum` with the potential's own
+``sr_from_dist`` kernel, keeping only int32 pair ends and int8 shifts for
+backward, and asks torch-pme for the k-space, self and background terms alone
+(an empty pair list).  Same numbers to float64 round-off, exact double backward.
+
+Mesh: P3M/PME pick ``2^ceil(log2(2 L / h + 1))`` mesh points per axis for each
+cell, so the energy jumps where a changing box crosses such a size (NPT).
+:meth:`LatentChargeEwald.freeze_mesh` (or ``mesh_shape=``) keeps the number of
+points fixed whatever the cell; :class:`~scalepool.md.ScalepoolCalculator`
+with ``molecules`` freezes it at the first cell it computes.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from torch import nn
 
 from .. import units
 from ._batch import AtomsBatch
+from ._edge_chunks import DEFAULT_EDGE_CHUNK, chunked_edge_sum, edge_chunk_size
 from ._radial import MLP
 from ._scatter import scatter_sum
 
@@ -141,6 +156,13 @@ class LatentChargeEwald(nn.Module):
         short-range model)
     tune : run torch-pme's tuner once per cell shape instead of the fixed values
     accuracy : target of the tuner
+    edge_chunk : frames with more real-space pairs than this (default 262,144)
+        sum the real-space term in chunks of at most 16,384 pairs, recomputed in
+        backward (:func:`~scalepool.models._edge_chunks.chunked_edge_sum`): the
+        same numbers to round-off, exact forces, stress and force-loss
+        gradients, memory linear in atoms; ``0`` never chunks
+    mesh_shape : ``(nx, ny, nz)`` powers of two, or None; P3M/PME then keep
+        this many mesh points per axis whatever the cell (see :meth:`freeze_mesh`)
     """
 
     def __init__(
@@ -158,8 +180,12 @@ class LatentChargeEwald(nn.Module):
         exclusion_radius: float | None = None,
         tune: bool = False,
         accuracy: float = 1e-3,
+        edge_chunk: int = DEFAULT_EDGE_CHUNK,
+        mesh_shape: tuple[int, int, int] | None = None,
     ):
         super().__init__()
+        if isinstance(edge_chunk, bool) or not isinstance(edge_chunk, int) or edge_chunk < 0:
+            raise ValueError(f"edge_chunk must be a non-negative whole number of pairs, got {edge_chunk!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         for name, value in (("smearing", smearing), ("mesh_spacing", mesh_spacing)):
@@ -191,6 +217,8 @@ class LatentChargeEwald(nn.Module):
             exclusion_radius=None if exclusion_radius is None else float(exclusion_radius),
             tune=bool(tune),
             accuracy=float(accuracy),
+            edge_chunk=int(edge_chunk),
+            mesh_shape=None,
         )
         self.fixed_charges = bool(fixed_charges)
         self.method = method
@@ -209,6 +237,8 @@ class LatentChargeEwald(nn.Module):
             nn.init.zeros_(last.bias)
         self._calculators: dict[tuple, torchpme.Calculator] = {}
         self._tuned: dict[tuple, dict[str, float]] = {}
+        if mesh_shape is not None:
+            self.freeze_mesh(shape=mesh_shape)
 
     # ---------------------------------------------------------------- charges
     def charges(self, batch: AtomsBatch, scalar: torch.Tensor | None = None) -> torch.Tensor:
@@ -274,8 +304,12 @@ class LatentChargeEwald(nn.Module):
             )  # fmt: skip
         return {**fixed, "smearing": float(smearing), **{k: float(v) for k, v in params.items()}}
 
-    def _calculator(self, params: dict[str, float], dtype, device) -> torchpme.Calculator:
-        key = (self.method, tuple(sorted(params.items())), dtype, str(device))
+    def _calculator(self, params: dict[str, float], dtype, device, cell=None) -> torchpme.Calculator:
+        """The torch-pme calculator for ``params``; with a frozen mesh its spacing is set for ``cell`` (3, 3) Å."""
+        shape = self.mesh_shape if self.method != "ewald" else None
+        if shape is not None:
+            params = {**params, "mesh_spacing": 0.0}  # one calculator for every cell
+        key = (self.method, tuple(sorted(params.items())), shape, dtype, str(device))
         calc = self._calculators.get(key)
         if calc is None:
             potential = SwitchedCoulombPotential(
@@ -296,7 +330,56 @@ class LatentChargeEwald(nn.Module):
                 )
             calc = calc.to(device=device, dtype=dtype)
             self._calculators[key] = calc
+        if shape is not None:
+            if cell is None:
+                raise ValueError("a frozen mesh needs the frame's cell")
+            calc.mesh_spacing = mesh_spacing_for_shape(cell, shape)
         return calc
+
+    # ------------------------------------------------------------------ mesh
+    @property
+    def mesh_shape(self) -> tuple[int, int, int] | None:
+        """Mesh points per axis kept fixed for every cell (P3M/PME), or None (chosen per cell)."""
+        shape = self.options["mesh_shape"]
+        return None if shape is None else tuple(shape)
+
+    def freeze_mesh(
+        self, cell: torch.Tensor | None = None, shape: tuple[int, int, int] | None = None
+    ) -> tuple[int, int, int] | None:
+        """Keep the P3M/PME mesh at a fixed number of points per axis from now on.
+
+        By default the mesh has ``2^ceil(log2(2 L / h + 1))`` points along a
+        cell vector of length ``L`` (torch-pme's rule, ``h`` the mesh spacing),
+        so the energy jumps when a box under NPT crosses such a boundary (e.g.
+        9.0 -> 9.13 Å at ``h = 1.2`` Å).  Frozen, the mesh keeps ``shape``
+        points whatever the cell: its spacing ``L / n`` then changes smoothly
+        with the cell and so does the energy (the stress stays ``dE/d strain``).
+
+        cell : (3, 3) Å, rows are cell vectors: freeze the mesh this cell gets
+            now (the usual call: the first cell of an NPT run)
+        shape : ``(nx, ny, nz)`` powers of two (>= 2) instead of a cell
+        Neither: unfreeze (the mesh is chosen per cell again).  Returns the shape.
+        """
+        if cell is not None and shape is not None:
+            raise ValueError("freeze_mesh takes a cell or a shape, not both")
+        if cell is None and shape is None:
+            self.options["mesh_shape"] = None
+            return None
+        if self.method == "ewald":
+            raise ValueError("freeze_mesh needs a mesh method (p3m or pme); this head uses ewald")
+        if cell is not None:
+            cell = torch.as_tensor(cell).detach().double().reshape(-1, 3)
+            if cell.shape != (3, 3) or not torch.isfinite(cell).all():
+                raise ValueError(
+                    f"freeze_mesh: cell must be a finite (3, 3) tensor in Å, got {tuple(cell.shape)}"
+                )
+            spacing = self.parameters_for(cell)["mesh_spacing"]
+            shape = tuple(int(n) for n in torchpme.lib.get_ns_mesh(cell, spacing).tolist())
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 3 or any(n < 2 or n & (n - 1) for n in shape):
+            raise ValueError(f"mesh_shape must be three powers of two >= 2, got {shape}")
+        self.options["mesh_shape"] = list(shape)
+        return shape
 
     # ----------------------------------------------------------------- energy
     def forward(self, batch: AtomsBatch, scalar: torch.Tensor | None = None) -> torch.Tensor:
@@ -304,7 +387,9 @@ class LatentChargeEwald(nn.Module):
 
         Periodic frames use the chosen Ewald method; open frames (``cell`` is
         None) a direct sum over all pairs.  Differentiable in positions, cell
-        and (latent) charges.
+        and (latent) charges.  A periodic frame with more real-space pairs than
+        ``edge_chunk`` sums its real-space term in chunks (:meth:`_chunked_real_space`)
+        and asks torch-pme for the k-space part alone.
         """
         q = self.charges(batch, scalar)
         pos, dtype = batch.positions, batch.positions.dtype
@@ -322,23 +407,80 @@ class LatentChargeEwald(nn.Module):
             shifts = torch.zeros_like(pairs[:, :1]).expand(-1, 3)
         else:
             pairs, shifts = batch.neighbors(self.real_space_cutoff, full_list=False)
-        dist = torch.linalg.vector_norm(batch.edge_vectors(pairs, shifts), dim=-1)
         pair_frame = batch.frame_index[pairs[:, 0]]
         bounds = torch.searchsorted(pair_frame, torch.arange(batch.n_frames + 1, device=pos.device)).tolist()
+        del pair_frame
+        edge_chunk = self.options.get("edge_chunk", DEFAULT_EDGE_CHUNK)
+        chunks = [
+            edge_chunk_size(bounds[f + 1] - bounds[f], edge_chunk) if batch.cell is not None else 0
+            for f in range(batch.n_frames)
+        ]
+        dist, compact = None, {}
+        if all(chunks):
+            # Keep each frame's pairs compact (int32 ends, int8 shifts) and free the int64
+            # list before the k-space part allocates its mesh.
+            compact = {f: _compact_pairs(pairs[bounds[f] : bounds[f + 1]], shifts[bounds[f] : bounds[f + 1]], offsets[f])
+                       for f in range(batch.n_frames)}  # fmt: skip
+            del pairs, shifts
+        else:  # the old path (for the frames that are not chunked)
+            dist = torch.linalg.vector_norm(batch.edge_vectors(pairs, shifts), dim=-1)
         energies = []
         for f in range(batch.n_frames):
             lo, hi, plo, phi = offsets[f], offsets[f + 1], bounds[f], bounds[f + 1]
             q_f = q[lo:hi].unsqueeze(-1)
-            idx, d = pairs[plo:phi] - lo, dist[plo:phi]
             if batch.cell is None:
                 calc = self._direct_calculator(dtype, pos.device)
                 cell = torch.zeros(3, 3, dtype=dtype, device=pos.device)
             else:
                 cell = batch.cell[f]
-                calc = self._calculator(self.parameters_for(cell, q_f, pos[lo:hi]), dtype, pos.device)
-            potential = calc(q_f, cell, pos[lo:hi], idx, d)
+                calc = self._calculator(self.parameters_for(cell, q_f, pos[lo:hi]), dtype, pos.device, cell)
+            if chunks[f]:
+                # k-space, self and background terms alone: torch-pme with no pairs.
+                none = torch.zeros((0, 2), dtype=torch.long, device=pos.device)
+                potential = calc(q_f, cell, pos[lo:hi], none, pos.new_zeros(0))
+                first, second, frame_shifts = (
+                    compact.pop(f) if compact else _compact_pairs(pairs[plo:phi], shifts[plo:phi], lo)
+                )
+                real = self._chunked_real_space(
+                    calc.potential, q[lo:hi], pos[lo:hi], cell, first, second, frame_shifts, chunks[f]
+                )
+                potential = potential + real.unsqueeze(-1)
+            else:
+                potential = calc(q_f, cell, pos[lo:hi], pairs[plo:phi] - lo, dist[plo:phi])
             energies.append((q_f * potential).squeeze(-1))
         return torch.cat(energies)
+
+    @staticmethod
+    def _chunked_real_space(
+        potential: torchpme.CoulombPotential,
+        q: torch.Tensor,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        shifts: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        """Real-space potential ``V_i = 1/2 sum_j q_j v(r_ij)`` (n,) of one frame, in chunks.
+
+        potential : its ``sr_from_dist`` is the pair kernel v (eV per e^2);
+        q : (n,) e; positions : (n, 3) Å; cell : (3, 3) Å, rows;
+        first, second : (P,) integer atom indices of a half list (each pair once);
+        shifts : (P, 3) integer cell shifts, ``r_ij = x_j - x_i + shifts @ cell``.
+        Each pair adds ``q_j v / 2`` to atom i and ``q_i v / 2`` to atom j, as
+        torch-pme's ``_compute_rspace`` does; no per-pair tensor is kept for
+        backward (recomputed per chunk).
+        """
+        on_first, on_second = chunked_edge_sum(
+            _RealSpacePairs(potential),
+            [cell],
+            [(q, second), (q, first), (positions, first), (positions, second)],
+            [shifts],
+            (first, second),
+            q.shape[0],
+            chunk,
+        )
+        return (on_first + on_second) / 2
 
     def _direct_calculator(self, dtype, device) -> torchpme.Calculator:
         key = ("direct", dtype, str(device))
@@ -359,3 +501,57 @@ class LatentChargeEwald(nn.Module):
             f"method={o['method']}, fixed_charges={o['fixed_charges']}, smearing={o['smearing']}, "
             f"real_space_cutoff={o['real_space_cutoff']}, switch_width={o['switch_width']}"
         )
+
+
+def _compact_pairs(pairs: torch.Tensor, shifts: torch.Tensor, lo: int):
+    """One frame's half list (P, 2) int64 global indices and shifts (P, 3) int64 ->
+    (first (P,), second (P,)) frame-local indices, int32 when they fit, and shifts
+    as int8 when they fit (8x less to keep for backward than int64)."""
+    n_max = int(pairs.max()) - lo + 1 if pairs.numel() else 0
+    index_dtype = torch.int32 if n_max < 2**31 else torch.long
+    first = (pairs[:, 0] - lo).to(index_dtype)
+    second = (pairs[:, 1] - lo).to(index_dtype)
+    small = shifts.numel() == 0 or int(shifts.abs().max()) < 128
+    return first, second, shifts.to(torch.int8) if small else shifts.clone()
+
+
+class _RealSpacePairs:
+    """Per-pair real-space messages of one chunk, for :func:`chunked_edge_sum`.
+
+    Called with the cell (3, 3) Å, q_j and q_i (P_c,) e, x_i and x_j (P_c, 3) Å
+    and the integer shifts (P_c, 3); returns ``(q_j v(r_ij), q_i v(r_ij))``,
+    (P_c,) each, summed onto i and j.  Holds the potential (constants only).
+    """
+
+    def __init__(self, potential: torchpme.CoulombPotential):
+        self.potential = potential
+
+    def __call__(self, cell, q_j, q_i, x_i, x_j, shifts):
+        vectors = x_j - x_i + shifts.to(x_i.dtype) @ cell
+        v = self.potential.sr_from_dist(torch.linalg.vector_norm(vectors, dim=-1))
+        return q_j * v, q_i * v
+
+
+def mesh_spacing_for_shape(cell: torch.Tensor, shape: tuple[int, int, int]) -> float:
+    """A mesh spacing (Å) for which torch-pme gives ``cell`` (3, 3) Å exactly ``shape`` mesh points.
+
+    torch-pme takes ``n_a = 2^ceil(log2(2 L_a / h + 1))`` points along a cell
+    vector of length ``L_a``; ``n_a = 2^k`` holds for
+    ``2 L_a / (2^k - 1) <= h < 2 L_a / (2^(k-1) - 1)``.  The spacing returned is
+    the geometric middle of the range all three axes allow; a clear error when
+    the cell's axes are too unequal for one spacing to fit all three.
+    """
+    lengths = torch.linalg.vector_norm(cell.detach().double(), dim=1).tolist()
+    lo = max(2 * L / (n - 1) for L, n in zip(lengths, shape, strict=True))
+    his = [2 * L / (n // 2 - 1) for L, n in zip(lengths, shape, strict=True) if n > 2]
+    hi = min(his) if his else 4 * lo
+    if not lo < hi:
+        raise ValueError(
+            f"frozen mesh {tuple(shape)} does not fit cell lengths {[round(L, 3) for L in lengths]} Å "
+            "(its axes changed too unequally); freeze the mesh again for this cell"
+        )
+    spacing = math.sqrt(lo * hi)
+    got = tuple(torchpme.lib.get_ns_mesh(cell.detach(), spacing).tolist())
+    if got != tuple(shape):  # only at round-off of the bounds
+        raise ValueError(f"frozen mesh {tuple(shape)}: spacing {spacing} Å gives {got} for this cell")
+    return spacing

@@ -84,6 +84,7 @@ from torch import nn
 from ..units import HYDROGEN
 from ._base import N_SPECIES
 from ._batch import AtomsBatch
+from ._edge_chunks import chunked_edge_sum
 
 
 def heavy_atom_species() -> tuple[int, ...]:
@@ -149,20 +150,32 @@ class SoftAssignment:
         """(n_points,), ``sum_k S_ik``."""
         return self.weight.new_zeros(self.n_points).index_add(0, self.point, self.weight)
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
+    def pool(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """Mass-normalised pool ``sum_i S_ik x_i / m_k``.
 
         x : (n_points, ...) point features (scalars (n, F) or vectors (n, 3, F));
-        returns (n_nodes, ...)
+        chunk : entries per chunk when S has more entries than that (0: never):
+        the (n_entries, ...) products are then recomputed in backward instead
+        of kept (:func:`~scalepool.models._edge_chunks.chunked_edge_sum`; the
+        same numbers).  Returns (n_nodes, ...).
         """
-        w = (self.weight / self.mass[self.node]).view(-1, *([1] * (x.dim() - 1)))
-        msg = torch.index_select(x, 0, self.point) * w
+        scale = self.weight / self.mass[self.node]
+        if 0 < chunk < self.point.shape[0]:
+            (out,) = chunked_edge_sum(
+                _weighted_rows, [], [(x, self.point)], [scale], self.node, self.n_nodes, chunk
+            )
+            return out
+        msg = _weighted_rows(torch.index_select(x, 0, self.point), scale)
         return x.new_zeros((self.n_nodes, *x.shape[1:])).index_add(0, self.node, msg)
 
-    def unpool(self, y: torch.Tensor) -> torch.Tensor:
-        """``sum_k S_ik y_k``; y : (n_nodes, ...) -> (n_points, ...)."""
-        w = self.weight.view(-1, *([1] * (y.dim() - 1)))
-        msg = torch.index_select(y, 0, self.node) * w
+    def unpool(self, y: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """``sum_k S_ik y_k``; y : (n_nodes, ...) -> (n_points, ...); ``chunk`` as in :meth:`pool`."""
+        if 0 < chunk < self.point.shape[0]:
+            (out,) = chunked_edge_sum(
+                _weighted_rows, [], [(y, self.node)], [self.weight], self.point, self.n_points, chunk
+            )
+            return out
+        msg = _weighted_rows(torch.index_select(y, 0, self.node), self.weight)
         return y.new_zeros((self.n_points, *y.shape[1:])).index_add(0, self.point, msg)
 
     def coarse_batch(self, points: AtomsBatch) -> AtomsBatch:
@@ -174,6 +187,11 @@ class SoftAssignment:
             cell=points.cell,
             n_frames=points.n_frames,
         )
+
+
+def _weighted_rows(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """rows (E, ...) times weight (E,), broadcast over the trailing dimensions."""
+    return rows * weight.view(-1, *([1] * (rows.dim() - 1)))
 
 
 class SoftCoarseGraining(nn.Module):
