@@ -133,6 +133,64 @@ class SwitchedCoulombPotential(torchpme.CoulombPotential):
         return self.prefactor * result
 
 
+def _smooth_sinc(x: torch.Tensor) -> torch.Tensor:
+    """sin(pi x) / (pi x) with derivatives of every order finite at x = 0.
+
+    ``torch.sinc``'s double backward at 0 is NaN; below |x| = 1e-3 the Taylor series
+    to x^6 is exact to float64 round-off (next term ~ (pi x)^8 / 9! < 3e-25).
+    """
+    small = x.abs() < 1e-3
+    px = torch.pi * torch.where(small, torch.ones_like(x), x)
+    u = (torch.pi * torch.where(small, x, torch.zeros_like(x))) ** 2
+    series = 1 - u / 6 + u**2 / 120 - u**3 / 5040
+    return torch.where(small, series, torch.sin(px) / px)
+
+
+def _smooth_k_space(kspace_filter) -> None:
+    """Make a torch-pme P3M/PME k-space filter twice differentiable at k = 0.
+
+    torch-pme computes ``|k|^2`` as ``linalg.norm(k) ** 2``, the P3M charge
+    assignment with ``torch.sinc`` and the P3M influence function with
+    ``linalg.norm(D) ** (4 mode)``: at the k = 0 mesh point each has a NaN second
+    derivative (0/0 in the backward).  Forces and stress need only the first
+    derivative, but a stress loss back-propagates the stress (itself a cell
+    derivative) to the weights: that double backward turned every weight
+    gradient of the long branch into NaN.  The subclass computes the same
+    numbers with sums of squares and a series-guarded sinc.  The filter's class
+    is swapped for the subclass (same state, same buffers).
+    """
+    base = type(kspace_filter)
+
+    class SmoothKSpaceFilter(base):
+        def _prep_kvectors(self, cell, ns_mesh):
+            super()._prep_kvectors(cell, ns_mesh)
+            if cell is not None or ns_mesh is not None:
+                self._k_sq = self._kvectors.square().sum(dim=3)
+
+        if hasattr(base, "_charge_assignment"):  # P3M: its own influence function
+
+            def _charge_assignment(self, kh):
+                return torch.prod(_smooth_sinc(kh / (2 * torch.pi)), dim=-1) ** (self.interpolation_nodes * 2)
+
+            def _compute_influence(self, kvectors):
+                # the influence function of Hockney-Eastwood P3M (Deserno & Holm 1998, eq. 31,
+                # torch-pme's P3MKSpaceFilter) with |D|^(4 mode) written as (D.D)^(2 mode)
+                spacing = (torch.linalg.norm(self.cell, dim=1) / self.ns_mesh).reshape(1, 1, 1, 3)
+                kh = kvectors * spacing
+                u2 = self._charge_assignment(kh)
+                if self.mode == 0:
+                    masked = torch.where(u2 == 0, 1.0, u2)
+                    return torch.where(u2 == 0, 0.0, torch.reciprocal(masked))
+                d = self._differential_operator(kh, spacing)
+                numerator = torch.sum(kvectors * d, dim=-1) ** self.mode
+                denominator = u2 * d.square().sum(dim=-1) ** (2 * self.mode)
+                masked = torch.where(denominator == 0, 1.0, denominator)
+                return torch.where(denominator == 0, 0.0, numerator / masked)
+
+    SmoothKSpaceFilter.__name__ = SmoothKSpaceFilter.__qualname__ = f"Smooth{base.__name__}"
+    kspace_filter.__class__ = SmoothKSpaceFilter
+
+
 class LatentChargeEwald(nn.Module):
     """Per-atom electrostatic energies ``q_i V_i`` (eV) of neutral charges.
 
@@ -328,6 +386,7 @@ class LatentChargeEwald(nn.Module):
                     mesh_spacing=params["mesh_spacing"],
                     interpolation_nodes=int(params["interpolation_nodes"]),
                 )
+                _smooth_k_space(calc.kspace_filter)
             calc = calc.to(device=device, dtype=dtype)
             self._calculators[key] = calc
         if shape is not None:
