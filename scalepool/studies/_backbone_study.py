@@ -18,6 +18,19 @@ Outputs (forces in meV/Å, MAE over force components, test split):
 - ``gains.csv``: per backbone, the gain of ``muse`` and of ``long`` over
   ``alone`` in % of ``alone``'s overall MAE, paired per seed, mean ± std.
 
+With the scale layer on (``--scale-layer``, the default; at least two seeds) the study
+also saves every model (``models/<backbone>_<variant>_s<seed>.pt``), writes one
+prediction cache per backbone and consecutive seed pair (``caches/``: anchors X alone
+seed k and MuSE(X) seed k, null partner X alone seed k+1, and X + P3M seed k) and
+
+- ``scale_table.csv``: the rows of ``scalepool table`` (single branches, best global
+  s, oracles, learned routers) with MuSE(X) and with X + P3M as generator and for the
+  null pair, long format (``backbone``, ``generator`` in muse/long/null, ``row``,
+  ``metric``, ``unit``, ``mean``, ``std``, ``n`` seed pairs);
+- ``scale_verdicts.csv``: per backbone and generator, the hard-oracle gain beside the
+  null pair's and whether the excess over null exceeds its std
+  (:mod:`scalepool.studies._backbone_scales`).
+
 The input (``--data``) is a dataset ``.npz`` (:class:`~scalepool.data.FrameSet`,
 e.g. ``scalepool data nacl``): the study trains its own models.
 """
@@ -34,16 +47,28 @@ import torch
 
 from ..data import FrameSet
 from ..metrics import Subsets, subset_errors
-from ..models import AtomsBatch, build_branch, fit_species_statistics
+from ..models import AtomsBatch, build_branch, fit_species_statistics, save_model
 from ..provenance import ResultsDir
+from ..scales import ScaleSettings
 from ..train import predict_forces
+from ._backbone_scales import (
+    backbone_caches,
+    backbone_scale_table,
+    cache_blocks,
+    model_file,
+    seed_pairs,
+    verdict_line,
+    verdicts,
+)
 from ._common import mean_std
-from ._study import Option, Study
+from ._study import Option, Study, scale_options
 
 NAME = "backbones"
 VARIANTS = ("alone", "long", "muse")
 BRANCH_OF = {"alone": "short", "long": "long", "muse": "muse"}
 METRICS = ("overall_mae", "ion_mae", "close_contact_mae")
+#: train/val/test fractions of the time-block split
+SPLIT = (0.7, 0.15, 0.15)
 
 #: Backbone hyperparameters per size: ``full`` the adapters' defaults, ``small`` a CPU smoke size.
 SIZES = {
@@ -125,6 +150,10 @@ def run(
     size="full",
     eval_repeats=3,
     test_frames=0,
+    scale_layer=True,
+    granularity=ScaleSettings.granularity,
+    loss=ScaleSettings.loss,
+    router_steps=ScaleSettings.router_steps,
 ) -> Path:
     paths = [Path(p) for p in ([preds] if isinstance(preds, (str, Path)) else preds)]
     if len(paths) != 1:
@@ -132,17 +161,23 @@ def run(
     frames = FrameSet.load(paths[0])
     if frames.ragged:
         raise ValueError(f"{paths[0]}: the backbones study needs fixed-size frames (the NaCl testbed)")
+    if scale_layer:
+        seed_pairs(seeds)  # refuse a single seed before training anything
+        settings = ScaleSettings.validated(granularity=granularity, loss=loss, router_steps=router_steps)
     results = ResultsDir(out, NAME, parameters or {"steps": steps, "size": size}, seeds, paths)
-    split = frames.split_indices((0.7, 0.15, 0.15))
+    split = frames.split_indices(SPLIT)
     test_idx = split["test"][:test_frames] if test_frames else split["test"]
     subsets = Subsets.of(frames.positions[test_idx], frames.numbers, frames.cell[test_idx])
-    rows = []
+    rows, scale_rows, verdict_rows = [], [], []
     for backbone in backbones:
         for variant in VARIANTS:
             for seed in seeds:
                 torch.manual_seed(int(seed))
                 model = build(backbone, variant, size)
                 seconds = fit(model, frames, split["train"], steps, lr, int(seed), device)
+                if scale_layer:
+                    path = model_file(results.path, backbone, variant, seed)
+                    save_model(model, results.file(str(path.relative_to(results.path))))
                 rows.append(
                     {
                         "backbone": backbone,
@@ -160,12 +195,32 @@ def run(
                     f"backbones: {backbone}/{variant}/seed {seed}: {rows[-1]['overall_mae']:.1f} meV/Å",
                     flush=True,
                 )
+        if scale_layer:
+            blocks = cache_blocks(split, test_idx)
+            caches = backbone_caches(results.path, frames, blocks, backbone, seeds, device=device,
+                                     data_path=paths[0], split_fractions=SPLIT)  # fmt: skip
+            for cache in caches:
+                results.file(str(Path(cache.meta["source"]).relative_to(results.path)))
+            routed = backbone_scale_table(caches, backbone, settings=settings, device=device)
+            print(routed.attrs["printed"], flush=True)
+            scale_rows.append(routed)
+            verdict_rows.append(verdicts(routed))
+            for _, verdict in verdict_rows[-1].iterrows():
+                print(f"backbones: {verdict_line(verdict)}", flush=True)
+            results.csv("scale_table.csv", pd.concat(scale_rows, ignore_index=True))
+            results.csv("scale_verdicts.csv", pd.concat(verdict_rows, ignore_index=True))
     table = pd.DataFrame(rows)
     results.csv("runs.csv", table)
     columns = [*METRICS, "parameters", "ms_per_step", "ms_per_eval"]
     results.csv("summary.csv", mean_std(table, ["backbone", "variant"], columns))
     results.csv("gains.csv", gains(table))
-    results.finish(status="done", n_test_frames=len(test_idx), n_train_frames=len(split["train"]))
+    summary = [verdict_line(v) for frame in verdict_rows for _, v in frame.iterrows()]
+    results.finish(
+        status="done",
+        n_test_frames=len(test_idx),
+        n_train_frames=len(split["train"]),
+        **({"scale_layer": summary} if scale_layer else {}),
+    )
     return results.path
 
 
@@ -196,6 +251,14 @@ STUDY = Study(
         "size": Option(str, "full", "small", "backbone widths", choices=("full", "small")),
         "eval_repeats": Option(int, 3, 1, "timed energy+forces evaluations (median)"),
         "test_frames": Option(int, 0, 2, "test frames evaluated (0: the whole test split)"),
+        "scale_layer": Option(
+            bool,
+            True,
+            None,
+            "save every model, write one prediction cache per backbone and seed pair and the scale table "
+            "with MuSE(X) and X + P3M as generator beside the null pair (X alone, seeds k and k+1)",
+        ),
+        **scale_options("granularity", "loss", "router_steps"),
     },
     default_seeds=(0, 1, 2),
     inputs="data",
