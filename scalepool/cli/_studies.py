@@ -332,7 +332,7 @@ def _register_readme(commands) -> None:
         "readme",
         help="check or rewrite the README's generated result blocks from committed results",
         description="The README's result blocks are generated from committed results (results/quick/, "
-        "results/memory/final_*.csv, results/backbones_small/, results/testbeds_small/tables/, read from the "
+        "results/memory/final_*.csv, results/backbones_small/, results/testbeds_quick/, results/precision/, read from the "
         "README's folder). --check exits 1 when a block differs from what its files generate (2 when they are "
         "missing); --write rewrites them (with --run, after copying a finished 'scalepool reproduce' run's "
         "report and tables into --results).",

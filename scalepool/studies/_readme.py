@@ -13,11 +13,11 @@ the block's markdown.
   ``benchmarks/memory.py``), rendered by :func:`scalepool.plots.memory_table_markdown`;
 - ``backbones-small``: ``results/backbones_small/study_*/`` (``summary.csv`` and
   ``gains.csv`` of the backbone study), mean ± std over seeds;
-- ``testbeds-small``: ``results/testbeds_small/tables/*.csv`` (scale tables), each
-  routing row beside its null control; ``testbeds-quick`` the same for
-  ``results/testbeds_quick/tables/`` (``make demo-testbeds``);
-- ``precision-table``: ``results/precision/quick_models.md``, written by
-  ``benchmarks/precision.py --markdown``.
+- ``testbeds-quick``: ``results/testbeds_quick/tables/*.csv`` (the scale tables of
+  ``make demo-testbeds``), each routing row beside its null control;
+- markdown written by a command, shown verbatim (:data:`MARKDOWN_TABLES`):
+  ``precision-table`` (``benchmarks/precision.py --markdown``) and
+  ``testbeds-quick-studies`` (the "Studies" section of the testbed run's ``report.md``).
 
 ``scalepool readme --check`` (run by the tests, hence by CI) fails when a block
 differs from what its files generate, when a block has no generator and when a
@@ -119,11 +119,13 @@ MEMORY_CSVS = ("results/memory/final_*.csv",)
 #: The committed small backbone study (one ``study_<backbone>/`` folder each).
 BACKBONES_SMALL = "results/backbones_small"
 #: The committed scale tables of the small testbed run.
-TESTBEDS_SMALL_TABLES = "results/testbeds_small/tables"
 #: the scale tables of ``scalepool reproduce --quick --testbeds-only`` (``make demo-testbeds``)
 TESTBEDS_QUICK_TABLES = "results/testbeds_quick/tables"
-#: benchmark tables written as markdown by the benchmarks' ``--markdown`` option: block -> file
-MARKDOWN_TABLES = {"precision-table": "results/precision/quick_models.md"}
+#: committed markdown shown verbatim: block -> (file, the ``## `` section to show or None for all)
+MARKDOWN_TABLES = {
+    "precision-table": ("results/precision/quick_models.md", None),
+    "testbeds-quick-studies": ("results/testbeds_quick/report.md", "## Studies"),
+}
 
 
 def _sources(root: Path, patterns, what: str) -> list[Path]:
@@ -204,9 +206,9 @@ def _null_aligned(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.Dat
 
 
 def testbeds_block(
-    root: str | os.PathLike, tables: str = TESTBEDS_SMALL_TABLES, name: str = "testbeds-small"
+    root: str | os.PathLike, tables: str = TESTBEDS_QUICK_TABLES, name: str = "testbeds-quick"
 ) -> str:
-    """``testbeds-small`` / ``testbeds-quick``: each scale table of a testbed run (``tables``: its
+    """``testbeds-quick``: each scale table of a testbed run (``tables``: its
     folder of ``scalepool table`` CSVs), test force MAE (meV/Å) of the real pair beside the null
     pair, gains over the better single branch (%) and the excess over null (percentage points),
     mean ± std over seeds."""
@@ -238,9 +240,17 @@ def testbeds_block(
 
 
 def markdown_block(root: str | os.PathLike, name: str) -> str:
-    """A benchmark's committed markdown table (:data:`MARKDOWN_TABLES`), verbatim, with its source named."""
-    (path,) = _sources(Path(root), (MARKDOWN_TABLES[name],), name)
-    return path.read_text().rstrip("\n") + f"\n\nFrom `{MARKDOWN_TABLES[name]}`.\n"
+    """Committed markdown (:data:`MARKDOWN_TABLES`) verbatim, or one of its ``## `` sections with its
+    headings one level down, with its source named."""
+    source, section = MARKDOWN_TABLES[name]
+    (path,) = _sources(Path(root), (source,), name)
+    text = path.read_text()
+    if section is not None:
+        parts = [p for p in re.split(r"(?m)^(?=## )", text) if p.startswith(section + "\n")]
+        if not parts:
+            raise ValueError(f"{path}: no section {section!r} for block {name!r}")
+        text = re.sub(r"(?m)^(#+) ", r"##\1 ", parts[0].split("\n", 1)[1])  # inside a ### README section
+    return text.strip("\n") + f"\n\nFrom `{source}`.\n"
 
 
 #: README block name -> generator(repo_root) -> markdown, each reading committed results only.
@@ -249,8 +259,7 @@ BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
     "quick-results": _quick("quick-results"),
     "memory-table": memory_block,
     "backbones-small": backbones_block,
-    "testbeds-small": testbeds_block,
-    "testbeds-quick": lambda root: testbeds_block(root, TESTBEDS_QUICK_TABLES, "testbeds-quick"),
+    "testbeds-quick": testbeds_block,
     **{name: (lambda root, name=name: markdown_block(root, name)) for name in MARKDOWN_TABLES},
 }
 

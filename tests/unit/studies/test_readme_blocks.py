@@ -12,7 +12,7 @@ from scalepool.cli import main
 from scalepool.studies import BLOCK_GENERATORS, MEMORY_CSVS, generate_blocks, stale_blocks, write_readme
 
 REPO = Path(__file__).resolve().parents[3]
-TESTBED_TABLES = sorted((REPO / "results" / "testbeds_small" / "tables").glob("*.csv"))
+TESTBED_TABLES = sorted((REPO / "results" / "testbeds_quick" / "tables").glob("*.csv"))
 
 
 def block(name: str, body: str = "stale\n") -> str:
@@ -40,7 +40,7 @@ def near(printed: float, value: float, decimals: int = 1) -> bool:
 
 
 def test_registry_names():
-    assert {"quick-provenance", "quick-results", "memory-table", "backbones-small", "testbeds-small"} <= set(
+    assert {"quick-provenance", "quick-results", "memory-table", "backbones-small", "testbeds-quick"} <= set(
         BLOCK_GENERATORS
     )
     assert MEMORY_CSVS == ("results/memory/final_*.csv",)
@@ -104,11 +104,11 @@ def test_backbones_block_equals_the_study_files():
 
 
 def test_testbeds_block_rows_beside_null_control():
-    text = generate_blocks(["testbeds-small"], REPO)["testbeds-small"]
+    text = generate_blocks(["testbeds-quick"], REPO)["testbeds-quick"]
     assert len(TESTBED_TABLES) == 4
     sections = text.split("**")[1::2]
-    assert sections == ["chignolin, short / long", "chignolin, short / muse", "graphene, short / long",
-                        "graphene, short / muse"]  # fmt: skip
+    assert sections == ["graphene, short / long", "graphene, short / muse", "peptide, short / long",
+                        "peptide, short / muse"]  # fmt: skip
     for path, part in zip(TESTBED_TABLES, text.split("**")[2::2], strict=True):
         table = pd.read_csv(path, keep_default_na=False, na_values=[""])
         real = table[table["pair"] == "real"].reset_index(drop=True)
@@ -125,12 +125,12 @@ def test_testbeds_block_rows_beside_null_control():
 
 
 def test_testbed_table_without_null_control_is_an_error(tmp_path):
-    tables = tmp_path / "results" / "testbeds_small" / "tables"
+    tables = tmp_path / "results" / "testbeds_quick" / "tables"
     tables.mkdir(parents=True)
     table = pd.read_csv(TESTBED_TABLES[0], keep_default_na=False, na_values=[""])
     table[table["pair"] == "real"].to_csv(tables / "x_short_long.csv", index=False)
     with pytest.raises(ValueError, match="x_short_long.csv: no null-control rows"):
-        generate_blocks(["testbeds-small"], tmp_path)
+        generate_blocks(["testbeds-quick"], tmp_path)
 
 
 def test_write_regenerates_every_block_from_its_root(tmp_path):
