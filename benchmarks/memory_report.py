@@ -12,8 +12,7 @@ A case measured in one file replaces the same case skipped in another; a case
 measured twice is an error.  The table is the README block ``memory-table``
 (``scalepool readme --write`` regenerates it from ``results/memory/final_*.csv``).
 
-    python benchmarks/memory_report.py results/memory/after_infer.csv \\
-        results/memory/after_infer_100k.csv results/memory/after_train_20k.csv \\
+    python benchmarks/memory_report.py results/memory/final_*.csv \\
         --markdown figures/memory.md --figure figures/memory.png
 """
 

@@ -13,6 +13,8 @@ the block's markdown.
   ``benchmarks/memory.py``), rendered by :func:`scalepool.plots.memory_table_markdown`;
 - ``backbones-small``: ``results/backbones_small/study_*/`` (``summary.csv`` and
   ``gains.csv`` of the backbone study), mean ± std over seeds;
+- ``backbones-scale``: ``scale_table.csv`` of the same studies: the scale layer with
+  MuSE(X) and X + P3M as generators beside the null pair;
 - ``testbeds-quick``: ``results/testbeds_quick/tables/*.csv`` (the scale tables of
   ``make demo-testbeds``), each routing row beside its null control;
 - markdown written by a command, shown verbatim (:data:`MARKDOWN_TABLES`):
@@ -116,6 +118,8 @@ def _quick(name: str, results: Path | None = None) -> Callable[[Path], str]:
 QUICK_RESULTS = "results/quick"
 #: The memory benchmark's committed CSVs (glob patterns relative to the repository root).
 MEMORY_CSVS = ("results/memory/final_*.csv",)
+#: the same benchmark on the code before chunked edge passes (commit e6de2b8)
+MEMORY_BEFORE_CSVS = ("results/memory/before_*.csv",)
 #: The committed small backbone study (one ``study_<backbone>/`` folder each).
 BACKBONES_SMALL = "results/backbones_small"
 #: The committed scale tables of the small testbed run.
@@ -190,6 +194,54 @@ def backbones_block(root: str | os.PathLike) -> str:
     return "\n".join(lines) + f"\n\nFrom `summary.csv` and `gains.csv` of {names}.\n"
 
 
+#: the scale-layer rows of the backbones study shown in the README (``scale_table.csv`` row names)
+BACKBONE_SCALE_ROWS = (
+    "best global s",
+    "oracle hard routing {0,1} (upper bound)",
+    "[0,1]-constrained continuous oracle (upper bound)",
+    "learned hard router (pool chosen on val)",
+    "learned continuous s",
+)
+
+
+def backbones_scale_block(root: str | os.PathLike) -> str:
+    """``backbones-scale``: the scale layer per backbone X with MuSE(X) and X + P3M as generators
+    (``scale_table.csv`` of each study): gain over the better single branch (%), the same method's
+    gain on the null pair (X alone, two seeds), and the excess over null (pp) overall and on the
+    ions, mean ± std over seed pairs."""
+    root = Path(root)
+    studies = [p for p in _sources(root, (f"{BACKBONES_SMALL}/study_*",), "backbones-scale") if p.is_dir()]
+    lines = [
+        "| backbone | generator | method | gain (%) | null pair: gain (%) | excess over null (pp) "
+        "| excess on ions (pp) | seed pairs |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for study in studies:
+        path = study / "scale_table.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"backbones-scale: {path} is missing (run the study with --scale-layer)")
+        table = _read_csv(path).set_index(["backbone", "generator", "row", "metric"])
+
+        def cell(key, fmt, path=path, table=table):
+            if key not in table.index:
+                raise ValueError(f"{path}: no row {key}")
+            found = table.loc[key]
+            return _pm(found["mean"], found["std"], fmt), int(found["n"])
+
+        for backbone in sorted({k[0] for k in table.index}):
+            for generator in ("muse", "long"):
+                for row in BACKBONE_SCALE_ROWS:
+                    gain, n = cell((backbone, generator, row, "gain_pct"), "+.1f")
+                    null, _ = cell((backbone, "null", row, "gain_pct"), "+.1f")
+                    excess, _ = cell((backbone, generator, row, "excess_over_null"), "+.1f")
+                    ions, _ = cell((backbone, generator, row, "excess_over_null_ions"), "+.1f")
+                    lines.append(
+                        f"| {backbone} | {generator} | {row} | {gain} | {null} | {excess} | {ions} | {n} |"
+                    )
+    names = ", ".join(f"`{s.relative_to(root).as_posix()}/`" for s in studies)
+    return "\n".join(lines) + f"\n\nFrom `scale_table.csv` of {names}.\n"
+
+
 def _null_aligned(table: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Real rows and their null-control rows, in the same order (as ``scale_table`` writes them)."""
     if "pair" not in table:
@@ -258,7 +310,11 @@ BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
     "quick-provenance": _quick("quick-provenance"),
     "quick-results": _quick("quick-results"),
     "memory-table": memory_block,
+    "memory-before": lambda root: memory_table_markdown(
+        _sources(Path(root), MEMORY_BEFORE_CSVS, "memory-before"), root=Path(root)
+    ),
     "backbones-small": backbones_block,
+    "backbones-scale": backbones_scale_block,
     "testbeds-quick": testbeds_block,
     **{name: (lambda root, name=name: markdown_block(root, name)) for name in MARKDOWN_TABLES},
 }

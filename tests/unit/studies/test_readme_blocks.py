@@ -58,7 +58,7 @@ def test_memory_block_fails_check_without_its_files_and_follows_them(tmp_path, c
     memory = tmp_path / "results" / "memory"
     memory.mkdir(parents=True)
     for name in ("after_infer.csv", "after_train_20k.csv"):
-        shutil.copy(REPO / "results" / "memory" / name, memory / f"final_{name}")
+        shutil.copy(REPO / "tests" / "data" / "memory" / name, memory / f"final_{name}")
     assert main(["readme", "--check", "--readme", str(readme)]) == 1
     quick = tmp_path / "results" / "quick"
     quick.mkdir()
