@@ -144,3 +144,36 @@ def test_write_regenerates_every_block_from_its_root(tmp_path):
     assert stale_blocks(readme) == []
     provenance = (REPO / "README.md").read_text().split("generated:quick-provenance -->\n")[1]
     assert provenance.split("<!-- END")[0] in readme.read_text()
+
+
+def test_backbones_scale_block_equals_the_scale_tables():
+    """Each printed cell is the study's scale_table.csv mean ± std; the excess over null is the
+    real gain minus the null pair's gain, paired per seed pair (so its mean is their difference)."""
+    text = generate_blocks(["backbones-scale"], REPO)["backbones-scale"]
+    rows = table_rows(text)
+    studies = sorted((REPO / "results" / "backbones_small").glob("study_*"))
+    assert len(rows) == len(studies) * 2 * 5
+    tables = {
+        s.name.removeprefix("study_"): pd.read_csv(
+            s / "scale_table.csv", keep_default_na=False, na_values=[""]
+        )
+        for s in studies
+    }
+    for backbone, generator, method, gain, null, excess, ions, n in rows:
+        t = tables[backbone]
+
+        def value(gen, metric, t=t, method=method):
+            hit = t[(t["generator"] == gen) & (t["row"] == method) & (t["metric"] == metric)]
+            assert len(hit) == 1, (gen, method, metric)
+            return float(hit["mean"].iloc[0]), float(hit["std"].iloc[0])
+
+        for cell, (mean, std) in [
+            (gain, value(generator, "gain_pct")),
+            (null, value("null", "gain_pct")),
+            (excess, value(generator, "excess_over_null")),
+            (ions, value(generator, "excess_over_null_ions")),
+        ]:
+            printed_mean, printed_std = mean_std(cell)
+            assert near(printed_mean, mean) and near(printed_std, std)
+        assert near(mean_std(excess)[0], value(generator, "gain_pct")[0] - value("null", "gain_pct")[0], 1)
+        assert int(n) == 2
