@@ -43,7 +43,7 @@ from ..scales import (
     format_table,
     scale_table,
 )
-from ..train import predict_forces
+from ..train import cache_from_forces, cache_rows, predict_forces
 
 #: generators routed against the backbone alone, and the cache branch of each study variant
 GENERATORS = ("muse", "long")
@@ -112,8 +112,7 @@ def backbone_caches(
     anchors ``("short", "muse")``.
     """
     folder = Path(folder)
-    keep = np.concatenate([blocks["train"], blocks["val"], blocks["test"]]).astype(np.int64)
-    split = np.concatenate([np.full(len(blocks[n]), K.SPLIT_CODES[n]) for n in ("train", "val", "test")])
+    keep, split = cache_rows(blocks)
     predictions: dict[tuple[str, int], np.ndarray] = {}
 
     def forces(variant: str, seed: int) -> np.ndarray:
@@ -160,16 +159,7 @@ def backbone_caches(
             "versions": library_versions(),
             "git_commit": git_commit(),
         }
-        cache = PredictionCache(
-            forces_ref=frames.forces[keep],
-            branches=branches,
-            numbers=frames.numbers,
-            positions=frames.positions[keep],
-            cell=None if frames.cell is None else frames.cell[keep],
-            split=split.astype(np.int64),
-            anchors=("short", "muse"),
-            meta=meta,
-        )
+        cache = cache_from_forces(frames, keep, split, branches, ("short", "muse"), meta)
         if write:
             path = folder / "caches" / f"{backbone}_s{first}_s{second}.npz"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from ._common import (
 from ._evaluate import SPLITS, evaluate_model, record_path, recorded_split
 from ._loop import TrainResult, train
 from ._precision import PRECISIONS, autocast, check_precision, grad_scaler
-from ._predict import evaluate_forces, predict_cache, predict_forces
+from ._predict import cache_from_forces, cache_rows, evaluate_forces, predict_cache, predict_forces
 from ._run_config import read_run_config
 from ._settings import LOSSES, SCHEDULERS, TRAIN_FLAGS, TrainSettings, add_train_arguments, settings_from_args
 from ._state import HISTORY_COLUMNS
@@ -43,6 +43,8 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "TrainSettings",
+    "cache_from_forces",
+    "cache_rows",
     "evaluate_forces",
     "predict_cache",
     "predict_forces",

@@ -271,10 +271,7 @@ def predict_cache(
         blocks = frames.split_indices(fractions, gap)
     else:  # a random split: the frames each run recorded (they must agree)
         blocks = _recorded_blocks(configs, frames.n_frames)
-    keep = np.concatenate([blocks["train"], blocks["val"], blocks["test"]])  # time order; gap frames left out
-    split = np.concatenate(
-        [np.full(len(blocks[name]), K.SPLIT_CODES[name]) for name in ("train", "val", "test")]
-    )
+    keep, split = cache_rows(blocks)  # time order; gap frames left out
     forces = {}
     for name, (run, config) in zip(branches, configs, strict=True):
         model = _load_run_model(run / model_file, dev, name)
@@ -323,26 +320,42 @@ def predict_cache(
         meta["split_frames"] = {name: idx.tolist() for name, idx in blocks.items()}
     # s = 0 and s = 1; a single run is both ends of a degenerate scale
     anchors = (branches[0], branches[min(1, len(branches) - 1)])
-    if frames.ragged:  # flat (T, 3) rows of the kept frames, in the order of keep (as predict_forces)
-        atoms = frames.atom_index(keep)
-        cache = PredictionCache(
-            forces_ref=frames.forces_flat[atoms], branches=forces, numbers=frames.numbers_flat[atoms],
-            positions=frames.positions_flat[atoms], cell=frames.cells[keep], split=split.astype(np.int64),
-            anchors=anchors, meta=meta, atom_counts=frames.atom_counts[keep], pbc=frames.pbc[keep],
-        )  # fmt: skip
-    else:
-        cache = PredictionCache(
-            forces_ref=frames.forces[keep],
-            branches=forces,
-            numbers=frames.numbers,
-            positions=frames.positions[keep],
-            cell=None if frames.cell is None else frames.cell[keep],
-            split=split.astype(np.int64),
-            anchors=anchors,
-            meta=meta,
-        )
+    cache = cache_from_forces(frames, keep, split, forces, anchors, meta)
     with writing(Path(out_path), kept_note(Path(out_path))):
         return cache.save(out_path)
+
+
+def cache_rows(blocks: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a prediction cache: dataset frame indices (train, then val, then test) and
+    their split codes (``keys.SPLIT_CODES``), both (F,) int64."""
+    names = ("train", "val", "test")
+    keep = np.concatenate([blocks[name] for name in names]).astype(np.int64)
+    split = np.concatenate([np.full(len(blocks[name]), K.SPLIT_CODES[name]) for name in names])
+    return keep, split.astype(np.int64)
+
+
+def cache_from_forces(
+    frames: FrameSet, keep: np.ndarray, split: np.ndarray, forces: dict[str, np.ndarray], anchors, meta: dict
+) -> PredictionCache:
+    """A :class:`PredictionCache` of ``frames[keep]`` with predicted ``forces`` (name -> eV/Å, as
+    :func:`predict_forces` returns them: (F, N, 3) fixed, flat (T, 3) ragged); ``split`` (F,)."""
+    if frames.ragged:  # flat (T, 3) rows of the kept frames, in the order of keep (as predict_forces)
+        atoms = frames.atom_index(keep)
+        return PredictionCache(
+            forces_ref=frames.forces_flat[atoms], branches=forces, numbers=frames.numbers_flat[atoms],
+            positions=frames.positions_flat[atoms], cell=frames.cells[keep], split=split,
+            anchors=anchors, meta=meta, atom_counts=frames.atom_counts[keep], pbc=frames.pbc[keep],
+        )  # fmt: skip
+    return PredictionCache(
+        forces_ref=frames.forces[keep],
+        branches=forces,
+        numbers=frames.numbers,
+        positions=frames.positions[keep],
+        cell=None if frames.cell is None else frames.cell[keep],
+        split=split,
+        anchors=anchors,
+        meta=meta,
+    )
 
 
 def _recorded_blocks(configs: list[tuple[Path, dict[str, Any]]], n_frames: int) -> dict[str, np.ndarray]:
