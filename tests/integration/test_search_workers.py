@@ -112,8 +112,25 @@ def cache_path(tmp_path_factory):
     return cache.save(tmp_path_factory.mktemp("cache") / "pred.npz")
 
 
-def _worker(args: list[str]) -> list[str]:
-    code = "import sys; from scalepool.cli import main; sys.exit(main(sys.argv[1:]))"
+def _worker(args: list[str], start_together: tuple[Path, int] | None = None) -> list[str]:
+    """The command of one ``scalepool`` worker process.
+
+    ``start_together=(folder, n)``: the worker imports scalepool (the slow part of its start),
+    then waits until ``n`` workers have done so before it runs the command.  Without it a
+    worker that started a few seconds earlier could finish every trial alone.
+    """
+    code = "import sys\nfrom scalepool.cli import main\n"
+    if start_together is not None:
+        folder, n = start_together
+        code += (
+            "import os, pathlib, time\n"
+            f"ready = pathlib.Path({str(folder)!r})\n"
+            "(ready / f'ready-{os.getpid()}').touch()\n"
+            "t0 = time.monotonic()\n"
+            f"while len(list(ready.glob('ready-*'))) < {int(n)} and time.monotonic() - t0 < 120:\n"
+            "    time.sleep(0.02)\n"
+        )
+    code += "sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, *[str(a) for a in args]]
 
 
@@ -137,8 +154,9 @@ def test_two_workers_finish_exactly_the_target(storage, cache_path, tmp_path):
     name = f"two-workers-{tmp_path.name}"
     args = ["search", "settings", "--pred", cache_path, "--storage", storage, "--study-name", name,
             "--space", "pool", "--n-trials", "40", "--threads", "1"]  # fmt: skip
-    workers = [subprocess.Popen(_worker([*args, "--worker", i]), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=_env()) for i in range(2)]  # fmt: skip
+    (barrier := tmp_path / "start").mkdir()
+    workers = [subprocess.Popen(_worker([*args, "--worker", i], start_together=(barrier, 2)), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=_env()) for i in range(2)]  # fmt: skip
     for worker in workers:
         out, err = worker.communicate(timeout=240)
         assert worker.returncode == 0, err
