@@ -32,7 +32,9 @@ Systems
   ``openmm.app.Modeller`` in a ``--protein-box`` Å cube (59 Å: ~19.5k atoms).
 
 Output: a table on stdout and, with ``--out PATH``, a CSV plus
-``PATH.provenance.json``.  ``--max-rss-gb`` skips a case whose predicted peak
+``PATH.provenance.json``; the CSV also holds ``n_edges`` (the branch's atom-level
+graph: full list at its backbone's cutoff) and ``chunked`` (whether that graph's
+edge pass ran in chunks: more edges than the backbone's ``edge_chunk``).  ``--max-rss-gb`` skips a case whose predicted peak
 (from the per-atom peak of the largest smaller case of that branch and mode)
 exceeds it, so a run never drives the machine into swap.
 
@@ -62,7 +64,7 @@ MODES = ("infer", "train")
 BRANCH_CHOICES = ("short", "long", "muse")
 COLUMNS = (
     "system", "n_atoms", "branch", "mode", "status", "baseline_mb", "peak_mb", "kb_per_atom",
-    "cuda_peak_mb", "wall_s", "cpu_s", "us_per_atom",
+    "cuda_peak_mb", "wall_s", "cpu_s", "us_per_atom", "n_edges", "chunked",
 )  # fmt: skip
 
 
@@ -193,7 +195,21 @@ def run_case(frame: str, branch: str, mode: str, device: str, threads: int, prec
     sync()
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
-    return dict(baseline_mb=baseline, peak_mb=peak - baseline, cuda_peak_mb=cuda_peak, wall_s=wall, cpu_s=cpu)
+    n_edges, chunked = edge_path(model, batch)  # after the measured steps: adds nothing to their peak
+    return dict(
+        baseline_mb=baseline, peak_mb=peak - baseline, cuda_peak_mb=cuda_peak, wall_s=wall, cpu_s=cpu,
+        n_edges=n_edges, chunked=chunked,
+    )
+
+
+def edge_path(model, batch) -> tuple[int, bool]:
+    """Edges of the branch's atom-level graph (full list at its backbone's cutoff) and whether
+    its edge pass runs in chunks (``edge_chunk_size`` of the backbone's ``edge_chunk``)."""
+    from scalepool.models._edge_chunks import edge_chunk_size
+
+    backbone = next(m for m in model.modules() if hasattr(m, "edge_chunk") and hasattr(m, "cutoff"))
+    n_edges = int(batch.neighbors(backbone.cutoff)[0].shape[0])
+    return n_edges, bool(edge_chunk_size(n_edges, backbone.edge_chunk))
 
 
 # ----------------------------------------------------------------- driver

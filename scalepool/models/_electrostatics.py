@@ -215,7 +215,7 @@ class LatentChargeEwald(nn.Module):
     tune : run torch-pme's tuner once per cell shape instead of the fixed values
     accuracy : target of the tuner
     edge_chunk : frames with more real-space pairs than this (default 262,144)
-        sum the real-space term in chunks of at most 16,384 pairs, recomputed in
+        sum the real-space term in chunks of at most 8,192 pairs, recomputed in
         backward (:func:`~scalepool.models._edge_chunks.chunked_edge_sum`): the
         same numbers to round-off, exact forces, stress and force-loss
         gradients, memory linear in atoms; ``0`` never chunks

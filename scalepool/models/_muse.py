@@ -204,7 +204,7 @@ class CoarseLevel(nn.Module):
 
         Their per-entry products, (E, 3, F) for vectors, are the only per-entry
         work, so recomputing them costs little time: assignments with more
-        than one chunk of entries (16,384) are chunked whatever ``edge_chunk``
+        than one chunk of entries (8,192) are chunked whatever ``edge_chunk``
         (at 17.6k atoms this kept ~130 MB less for backward).
         """
         return MAX_CHUNK_EDGES if self.edge_chunk else 0
@@ -231,7 +231,7 @@ class MuSE(ForceModel):
     learnable_assignment : sigma and centre weights are parameters (True) or frozen
     feature_score : add a learned score of the seed's features to its centre weight
     edge_chunk : coarse graphs with more edges than this (default 262,144) run
-        the recomputed edge pass of every level in chunks of at most 16,384
+        the recomputed edge pass of every level in chunks of at most 8,192
         edges (0: never chunk); memory and time only
 
     The species energy scale and shift are the backbone's (shared buffers), so

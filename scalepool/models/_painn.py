@@ -160,7 +160,7 @@ class PaiNN(MessagePassingBackbone):
     aggregation : ``"fused"`` (default), ``"index_add"`` or ``"torch_scatter"``,
         see :data:`AGGREGATIONS`; used when the edges fit in one chunk
     edge_chunk : graphs with more edges than this (default 262,144) run the
-        recomputed edge pass in chunks of at most 16,384 edges; ``0`` never chunks.  Changes
+        recomputed edge pass in chunks of at most 8,192 edges; ``0`` never chunks.  Changes
         memory and time only, not the numbers (beyond round-off).
 
     Defaults: 64 features, 3 interactions, 16 Bessel functions.  On the

@@ -106,7 +106,7 @@ class SchNet(MessagePassingBackbone):
     cutoff_function : ``"cosine"`` (default, as in SchNet) or ``"polynomial"``
     aggregation : ``"fused"`` (default), ``"index_add"`` or ``"torch_scatter"``
     edge_chunk : graphs with more edges than this (default 262,144) run the
-        recomputed edge pass in chunks of at most 16,384 edges; ``0`` never chunks
+        recomputed edge pass in chunks of at most 8,192 edges; ``0`` never chunks
     """
 
     def __init__(

@@ -144,10 +144,10 @@ def test_default_edge_chunk_keeps_testbed_graphs_unchunked():
     assert edge_chunk_size(52_000, DEFAULT_EDGE_CHUNK) == 0
     assert edge_chunk_size(123_000, DEFAULT_EDGE_CHUNK) == 0
     assert edge_chunk_size(DEFAULT_EDGE_CHUNK + 1, DEFAULT_EDGE_CHUNK) == _edge_chunks.MAX_CHUNK_EDGES
-    assert edge_chunk_size(1_500_000, DEFAULT_EDGE_CHUNK) == 16384
+    assert edge_chunk_size(1_500_000, DEFAULT_EDGE_CHUNK) == 8192
     assert edge_chunk_size(1_500_000, 0) == 0  # 0 never chunks
     assert edge_chunk_size(100, 37) == 37 and edge_chunk_size(37, 37) == 0
-    assert edge_chunk_size(70_000, 65536) == 16384  # a saved config's 65,536 still chunks above 65,536 edges
+    assert edge_chunk_size(70_000, 65536) == 8192  # a saved config's 65,536 still chunks above 65,536 edges
 
 
 @pytest.mark.parametrize("kind", ["short_painn", "muse"])
