@@ -10,6 +10,7 @@ from ._memory import (
     MEMORY_TARGETS_KB_PER_ATOM,
     draw_memory_figure,
     load_memory_results,
+    memory_summary_markdown,
     memory_table_markdown,
 )
 from ._scale_figures import draw_refinement_history
@@ -27,6 +28,7 @@ __all__ = [
     "draw_refinement_history",
     "load_memory_results",
     "make_figures",
+    "memory_summary_markdown",
     "memory_table_markdown",
     "save",
     "use_style",

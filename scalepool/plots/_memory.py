@@ -7,8 +7,10 @@ step **above** the process's idle baseline, MB = 2**20 bytes), ``kb_per_atom``
 
 :func:`load_memory_results` reads and checks several such files,
 :func:`memory_table_markdown` renders the README table (targets: 60 KB/atom for
-inference, 200 KB/atom for training) and :func:`draw_memory_figure` draws KB/atom
-and CPU ms/atom against atom count (log x) to a PNG.
+inference, 200 KB/atom for training), :func:`memory_summary_markdown` the summary
+by edge path (CSVs with a ``chunked`` column: unchunked or chunked edge pass), and
+:func:`draw_memory_figure` draws KB/atom and CPU ms/atom against atom count (log x)
+to a PNG.
 """
 
 from __future__ import annotations
@@ -99,7 +101,19 @@ def load_memory_results(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     table["target_kb_per_atom"] = table["mode"].map(MEMORY_TARGETS_KB_PER_ATOM)
     met = table["kb_per_atom"] <= table["target_kb_per_atom"]
     table["target_met"] = met.astype(object).where(measured_rows, np.nan)
+    if "chunked" not in table.columns:
+        table["chunked"] = np.nan
+    table["edge_pass"] = table["chunked"].map(_edge_pass)
     return table
+
+
+def _edge_pass(chunked) -> str:
+    """``chunked`` column value (bool, 'True'/'False', or missing in older CSVs) -> label."""
+    if isinstance(chunked, str):
+        chunked = {"true": True, "false": False}.get(chunked.strip().lower(), np.nan)
+    if chunked is None or (isinstance(chunked, float) and np.isnan(chunked)):
+        return "–"
+    return "chunked" if bool(chunked) else "unchunked"
 
 
 def memory_table_markdown(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
@@ -111,15 +125,16 @@ def memory_table_markdown(paths: Iterable[str | os.PathLike], root: str | os.Pat
     """
     table = load_memory_results(paths)
     lines = [
-        "| branch | mode | system | atoms | MB above baseline | KB/atom | CPU s per step | CPU ms per atom "
-        "| target met (KB/atom) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| branch | mode | system | atoms | edge pass | MB above baseline | KB/atom | CPU s per step "
+        "| CPU ms per atom | target met (KB/atom) |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     measured = table[table["status"] == "ok"]
     for _, r in measured.iterrows():
         target = f"{'yes' if r['target_met'] else 'no'} (≤ {r['target_kb_per_atom']:g})"
         lines.append(
-            f"| {r['branch']} | {r['mode']} | {r['system']} | {r['n_atoms']:,} | {r['mb_above_baseline']:.0f} "
+            f"| {r['branch']} | {r['mode']} | {r['system']} | {r['n_atoms']:,} | {r['edge_pass']} "
+            f"| {r['mb_above_baseline']:.0f} "
             f"| {r['kb_per_atom']:.1f} | {r['cpu_s']:.2f} | {r['cpu_ms_per_atom']:.3f} | {target} |"
         )
     rest = table[table["status"] != "ok"]
@@ -134,6 +149,43 @@ def memory_table_markdown(paths: Iterable[str | os.PathLike], root: str | os.Pat
         sources = [Path(s).resolve().relative_to(Path(root).resolve()).as_posix() for s in sources]
     lines += ["", "From " + ", ".join(f"`{s}`" for s in sources) + "."]
     return "\n".join(lines) + "\n"
+
+
+def memory_summary_markdown(paths: Iterable[str | os.PathLike]) -> str:
+    """The README summary of ``paths``, one row per (branch, mode, edge pass) of the measured cases.
+
+    Columns: atom range, KB/atom range (min-max), CPU ms/atom range, the largest case
+    (atoms, GiB above baseline) and, on chunked rows, the CPU per atom over the unchunked
+    path's (ratio of their medians, same branch and mode).  Every number comes from the
+    CSVs; cases from files without a ``chunked`` column have edge pass "–".
+    """
+    table = load_memory_results(paths)
+    measured = table[table["status"] == "ok"]
+    if measured.empty:
+        raise ValueError("no measured (status ok) case to summarise")
+    lines = [
+        "| branch | mode | edge pass | atoms | KB/atom | CPU ms per atom | largest case | CPU per atom vs unchunked |",
+        "| --- | --- | --- | --- | --- | --- | --- | ---: |",
+    ]
+    for (branch, mode), part in measured.groupby(["branch", "mode"], sort=False):
+        medians = part.groupby("edge_pass")["cpu_ms_per_atom"].median()
+        for path in [p for p in ("unchunked", "chunked", "–") if p in set(part["edge_pass"])]:
+            rows = part[part["edge_pass"] == path]
+            largest = rows.loc[rows["n_atoms"].idxmax()]
+            ratio = "–"
+            if path == "chunked" and "unchunked" in medians.index:
+                ratio = f"{medians['chunked'] / medians['unchunked']:.2f}x"
+            lines.append(
+                f"| {branch} | {mode} | {path} | {_span(rows['n_atoms'], ',.0f')} "
+                f"| {_span(rows['kb_per_atom'], '.1f')} | {_span(rows['cpu_ms_per_atom'], '.2f')} "
+                f"| {largest['n_atoms']:,} atoms: {largest['mb_above_baseline'] / 1024:.2f} GiB | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _span(values: pd.Series, spec: str) -> str:
+    lo, hi = format(values.min(), spec), format(values.max(), spec)
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def draw_memory_figure(paths: Iterable[str | os.PathLike], png: str | os.PathLike) -> Path:

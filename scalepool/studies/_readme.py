@@ -11,6 +11,7 @@ the block's markdown.
   the files' SHA-256);
 - ``memory-table``: ``results/memory/final_*.csv`` (:data:`MEMORY_CSVS`, written by
   ``benchmarks/memory.py``), rendered by :func:`scalepool.plots.memory_table_markdown`;
+  ``memory-summary``: the same files by edge path (:func:`scalepool.plots.memory_summary_markdown`);
 - ``backbones-small``: ``results/backbones_small/study_*/`` (``summary.csv`` and
   ``gains.csv`` of the backbone study), mean ± std over seeds;
 - ``backbones-scale``: ``scale_table.csv`` of the same studies: the scale layer with
@@ -36,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._files import write_atomic, write_json, write_text
-from ..plots import memory_table_markdown
+from ..plots import memory_summary_markdown, memory_table_markdown
 from ..provenance import file_sha256, git_commit, utc_now
 from ..scales import NULL_PREFIX
 
@@ -310,6 +311,7 @@ BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
     "quick-provenance": _quick("quick-provenance"),
     "quick-results": _quick("quick-results"),
     "memory-table": memory_block,
+    "memory-summary": lambda root: memory_summary_markdown(_sources(Path(root), MEMORY_CSVS, "memory-summary")),
     "memory-before": lambda root: memory_table_markdown(
         _sources(Path(root), MEMORY_BEFORE_CSVS, "memory-before"), root=Path(root)
     ),

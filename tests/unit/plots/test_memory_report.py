@@ -15,6 +15,7 @@ from scalepool.plots import (
     MEMORY_TARGETS_KB_PER_ATOM,
     draw_memory_figure,
     load_memory_results,
+    memory_summary_markdown,
     memory_table_markdown,
 )
 
@@ -116,3 +117,33 @@ def test_benchmark_script_writes_table_and_figure(tmp_path, capsys):
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert script.main([str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+def _case(system, n_atoms, branch, mode, peak_mb, cpu_s, chunked):
+    return dict(system=system, n_atoms=n_atoms, branch=branch, mode=mode, status="ok", baseline_mb=300.0,
+                peak_mb=peak_mb, kb_per_atom=peak_mb * 1024.0 / n_atoms, cpu_s=cpu_s, chunked=chunked)  # fmt: skip
+
+
+def test_summary_by_edge_path(tmp_path):
+    """Ranges, largest case and the chunked/unchunked CPU ratio, worked out by hand from four cases."""
+    rows = [
+        _case("a", 1000, "short", "train", 500.0, 1.0, False),  # 512 KB/atom, 1.0 ms/atom
+        _case("b", 2000, "short", "train", 800.0, 3.0, False),  # 409.6 KB/atom, 1.5 ms/atom
+        _case("c", 10000, "short", "train", 700.0, 25.0, True),  # 71.68 KB/atom, 2.5 ms/atom
+        _case("d", 40000, "short", "train", 2048.0, 120.0, True),  # 52.43 KB/atom, 3.0 ms/atom
+    ]
+    csv = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    summary = parse_markdown(memory_summary_markdown([csv])).set_index("edge pass")
+    assert list(summary.index) == ["unchunked", "chunked"]
+    unchunked, chunked = summary.loc["unchunked"], summary.loc["chunked"]
+    assert unchunked["atoms"] == "1,000-2,000" and chunked["atoms"] == "10,000-40,000"
+    assert unchunked["KB/atom"] == "409.6-512.0" and chunked["KB/atom"] == "52.4-71.7"
+    assert unchunked["CPU ms per atom"] == "1.00-1.50" and chunked["CPU ms per atom"] == "2.50-3.00"
+    assert chunked["largest case"] == "40,000 atoms: 2.00 GiB"
+    # medians 2.75 / 1.25 ms per atom
+    assert chunked["CPU per atom vs unchunked"] == "2.20x" and unchunked["CPU per atom vs unchunked"] == "–"
+    table = parse_markdown(memory_table_markdown([csv]))
+    assert list(table["edge pass"]) == ["unchunked", "unchunked", "chunked", "chunked"]
+    # CSVs written before the column existed: the path is unknown, never guessed
+    assert set(parse_markdown(memory_table_markdown(AFTER))["edge pass"]) == {"–"}
