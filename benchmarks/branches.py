@@ -26,6 +26,8 @@ else a seeded random water-density box of O/H/Na/Cl
 
     python benchmarks/branches.py --threads 2 --repeats 3 --csv results.csv
 
+``--csv PATH`` also writes ``PATH.provenance.json`` (the settings, the commit).
+
 ``OMP_WAIT_POLICY=PASSIVE`` is set unless the environment already sets it:
 with OpenMP's default busy waiting, two threads on a machine shared with other
 jobs spun at every barrier (a 1,530-atom training step of the long branch went
@@ -287,10 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_peer:
         rows += peer_comparison(args, frames, overrides, device)
     if args.csv:
+        from scalepool._files import write_json
+        from scalepool.provenance import provenance
+
         with open(args.csv, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(rows)
+        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "csv"}
+        write_json(Path(str(args.csv) + ".provenance.json"), provenance("branches-benchmark", params))
     return 0
 
 

@@ -13,7 +13,13 @@ half, the drift over the last half (slope of a linear fit, g/cm^3/ps) and the
 mean molecular pressure (bar) over the last half.
 
     python benchmarks/npt_density.py --model /tmp/spq/demo/runs/seed0/short/best.pt \\
-        --steps 2000 --openmm-steps 10000 --trace /tmp/npt_short.csv
+        --steps 2000 --openmm-steps 10000 --trace /tmp/npt_short.csv --out results/npt/short.csv
+
+``--out PATH`` writes the table as a CSV (one row per run: densities in g/cm^3,
+pressures in bar, the last-half mean temperature in K, the start frame's
+molecular virial pressure and the centre-of-mass ideal-gas term, the failure
+if a run stopped) with ``PATH.provenance.json``; the README's ``npt-density``
+block is generated from such files.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ def run_ase(args, model_path: str, data) -> tuple[dict, list]:
             )
     arr = np.asarray(trace)
     stats = last_half_stats(arr[:, 1], arr[:, 2], arr[:, 3])
+    stats["temperature"] = float(arr[len(arr) // 2 :, 4].mean())
     done = len(trace) - 1
     stats.update(
         steps=done,
@@ -223,6 +230,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", default=None, help="CSV of every ASE step (model, step, ps, rho, P, T)")
+    parser.add_argument("--out", default=None, help="CSV of the summary table (+ PATH.provenance.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -235,15 +243,13 @@ def main(argv=None) -> None:
     data = FrameSet.load(args.data)
     rows, traces = [], []
     print("molecular virial pressure at the start frame (bar, no kinetic term):")
-    for name, value in start_virial_pressures(args, data).items():
+    virial = start_virial_pressures(args, data)
+    for name, value in virial.items():
         print(f"  {name[-60:]:60s} {value:8.0f}")
     volume = abs(np.linalg.det(data.cell[args.frame % len(data.positions)]))
     n_molecules = int(water_molecule_ids(data.numbers).max()) + 1
-    print(
-        f"  centre-of-mass ideal gas N k T / V at {args.temperature:.0f} K: "
-        f"{n_molecules * units.kB * args.temperature / volume / units.bar:.0f} bar",
-        flush=True,
-    )
+    ideal_gas = n_molecules * units.kB * args.temperature / volume / units.bar
+    print(f"  centre-of-mass ideal gas N k T / V at {args.temperature:.0f} K: {ideal_gas:.0f} bar", flush=True)
     if args.openmm_steps > 0:
         print(f"OpenMM NPT, {args.openmm_steps} steps of {args.openmm_timestep} fs", flush=True)
         stats, _ = run_openmm(args, data)
@@ -272,11 +278,49 @@ def main(argv=None) -> None:
     for name, s in rows:
         if s.get("failure"):
             print(f"{name}: {s['failure']}")
+    if args.out:
+        _write_summary(args, rows, virial, ideal_gas, reference)
     if args.trace and traces:
         columns = ["model", "step", "time_ps", "density_g_cm3", "pressure_bar", "temperature_K"]
         import pandas as pd
 
         write_csv(args.trace, pd.DataFrame(traces, columns=columns))
+
+
+#: Columns of ``--out``.
+SUMMARY_COLUMNS = (
+    "run", "model", "steps", "ps", "rho_start", "rho_mean", "rho_std", "drift_per_ps", "vs_start", "vs_reference",
+    "pressure_bar", "temperature_K", "start_virial_bar", "ideal_gas_bar", "s_per_step", "failure",
+)  # fmt: skip
+
+
+def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float) -> None:
+    """The table as a CSV (:data:`SUMMARY_COLUMNS`) plus its provenance."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from scalepool._files import write_csv, write_json
+    from scalepool.provenance import provenance
+
+    records = []
+    for name, s in rows:
+        is_reference = name not in args.model
+        records.append({
+            "run": "OpenMM TIP3P/JC (reference)" if is_reference else Path(name).parent.name,
+            "model": "" if is_reference else name,
+            "steps": s["steps"], "ps": s["ps"], "rho_start": s["start"], "rho_mean": s["mean"],
+            "rho_std": s["std"], "drift_per_ps": s["drift"], "vs_start": s["mean"] - s["start"],
+            "vs_reference": s["mean"] - reference, "pressure_bar": s["pressure"],
+            "temperature_K": s.get("temperature", float("nan")),
+            "start_virial_bar": virial["OpenMM" if is_reference else name], "ideal_gas_bar": ideal_gas,
+            "s_per_step": s["s_per_step"], "failure": s.get("failure", ""),
+        })  # fmt: skip
+    write_csv(args.out, pd.DataFrame(records, columns=list(SUMMARY_COLUMNS)))
+    params = {k: v for k, v in vars(args).items() if k != "out"}
+    record = provenance("npt-density", params, seeds=[args.seed], inputs=[args.data, *args.model])
+    write_json(Path(str(args.out) + ".provenance.json"), record)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ class Branch:
 
 
 _ELECTROSTATICS_KEYS = set(inspect.signature(LatentChargeEwald).parameters) - {"n_features"}
+#: Settings every part of a branch takes (backbone, electrostatics head, MuSE's coarse
+#: levels): ``edge_chunk`` chunks each part's edge or pair sums above that many edges.
+_EVERY_PART = {"edge_chunk"}
 
 _MUSE_ARGUMENTS = (
     "n_levels",
@@ -57,8 +60,9 @@ _MUSE_ARGUMENTS = (
 
 def build_short_branch(**overrides: Any) -> ShortRangeBranch:
     """The ``short`` branch (s = 0): a backbone at 4.5 Å; ``overrides`` go to the branch
-    and its backbone (``cutoff``, ``backbone``, ``n_features``, ``n_interactions``, ...)."""
-    bad = _ELECTROSTATICS_KEYS & set(overrides)
+    and its backbone (``cutoff``, ``backbone``, ``n_features``, ``n_interactions``,
+    ``edge_chunk``, ...)."""
+    bad = (_ELECTROSTATICS_KEYS - _EVERY_PART) & set(overrides)
     if bad:
         raise ValueError(f"the short branch has no electrostatics; got {sorted(bad)}")
     return ShortRangeBranch(**overrides)
@@ -69,11 +73,11 @@ def build_long_branch(**overrides: Any) -> LongRangeBranch:
 
     Keys that name a :class:`LatentChargeEwald` argument (``fixed_charges``,
     ``method``, ``smearing``, ``mesh_spacing``, ...) go to the electrostatics
-    head; the rest to the branch and its backbone.
+    head; the rest to the branch and its backbone; ``edge_chunk`` to both.
     """
     electrostatics = dict(overrides.pop("electrostatics", None) or {})
     for key in _ELECTROSTATICS_KEYS & set(overrides):
-        electrostatics[key] = overrides.pop(key)
+        electrostatics[key] = overrides[key] if key in _EVERY_PART else overrides.pop(key)
     return LongRangeBranch(electrostatics=electrostatics, **overrides)
 
 
@@ -91,12 +95,15 @@ def build_muse_branch(**overrides: Any) -> MuSE:
     (``cutoff``, ``backbone="schnet"``, ``n_features``, ``n_interactions``, ...;
     ``backbone="mace"`` or ``"so3krates"`` with their own option names, see
     :class:`~scalepool.models.MACEBackbone` and :class:`~scalepool.models.SO3kratesBackbone`).
+    ``edge_chunk`` goes to the wrapper's coarse levels and to the short branch.
     """
     wrapper = {key: overrides.pop(key) for key in list(overrides) if key in _MUSE_ARGUMENTS}
+    wrapper.update({key: overrides[key] for key in _EVERY_PART & set(overrides)})
     if "coarse_n_rbf" in overrides:
         wrapper["n_rbf"] = overrides.pop("coarse_n_rbf")
     config = overrides.pop("backbone_config", None)
     if config is not None:
+        overrides = {k: v for k, v in overrides.items() if k not in _EVERY_PART}  # the wrapper has them
         if overrides:
             raise ValueError(f"backbone_config given; also got backbone options {sorted(overrides)}")
         return MuSE(build_model(dict(config)), **wrapper)

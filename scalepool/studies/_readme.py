@@ -12,6 +12,10 @@ the block's markdown.
 - ``memory-table``: ``results/memory/final_*.csv`` (:data:`MEMORY_CSVS`, written by
   ``benchmarks/memory.py``), rendered by :func:`scalepool.plots.memory_table_markdown`;
   ``memory-summary``: the same files by edge path (:func:`scalepool.plots.memory_summary_markdown`);
+- ``precision-speed``: ``results/precision/speed_*.csv`` (``benchmarks/branches.py --csv``,
+  one file per ``--precision``);
+- ``npt-density``: ``results/npt/*.csv`` (``benchmarks/npt_density.py --out`` on the
+  quick demo's models), the OpenMM reference first;
 - ``backbones-small``: ``results/backbones_small/study_*/`` (``summary.csv`` and
   ``gains.csv`` of the backbone study), mean ± std over seeds;
 - ``backbones-scale``: ``scale_table.csv`` of the same studies: the scale layer with
@@ -126,6 +130,10 @@ BACKBONES_SMALL = "results/backbones_small"
 #: The committed scale tables of the small testbed run.
 #: the scale tables of ``scalepool reproduce --quick --testbeds-only`` (``make demo-testbeds``)
 TESTBEDS_QUICK_TABLES = "results/testbeds_quick/tables"
+#: ``benchmarks/npt_density.py --out`` CSVs of the quick demo's models (glob, relative to the root)
+NPT_CSVS = ("results/npt/*.csv",)
+#: ``benchmarks/branches.py --csv`` runs, one per ``--precision`` (named in each provenance)
+PRECISION_SPEED_CSVS = ("results/precision/speed_*.csv",)
 #: committed markdown shown verbatim: block -> (file, the ``## `` section to show or None for all)
 MARKDOWN_TABLES = {
     "precision-table": ("results/precision/quick_models.md", None),
@@ -144,6 +152,84 @@ def memory_block(root: str | os.PathLike) -> str:
     """``memory-table``: the memory benchmark's table over :data:`MEMORY_CSVS`."""
     root = Path(root)
     return memory_table_markdown(_sources(root, MEMORY_CSVS, "memory-table"), root=root)
+
+
+def npt_block(root: str | os.PathLike) -> str:
+    """``npt-density``: the NPT density runs of :data:`NPT_CSVS`, the OpenMM reference first.
+
+    Densities g/cm^3 (statistics over the last half of each run), pressures bar,
+    temperature K; "start virial" is the molecular virial pressure of the start frame
+    without the kinetic term (OpenMM's by a finite difference of its energy).
+    """
+    root = Path(root)
+    paths = _sources(root, NPT_CSVS, "npt-density")
+    runs = pd.concat([_read_csv(p).assign(source=p.relative_to(root).as_posix()) for p in paths])
+    runs["failure"] = runs["failure"].fillna("")
+    reference = runs[runs["model"].isna()]
+    if len(reference) != 1:
+        raise ValueError(f"npt-density: expected one OpenMM reference run in {paths}, found {len(reference)}")
+    runs = pd.concat([reference, runs[runs["model"].notna()]], ignore_index=True)
+    lines = [
+        "| run | steps | ps | rho_0 | rho mean (last half) | std | drift /ps | vs start | vs OpenMM "
+        "| P bar (last half) | T K (last half) | start virial P (bar) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+
+    def num(value, spec):
+        return "–" if pd.isna(value) else format(value, spec)
+
+    for _, r in runs.iterrows():
+        lines.append(
+            f"| {r['run']} | {int(r['steps'])} | {r['ps']:.2f} | {r['rho_start']:.4f} | {r['rho_mean']:.4f} "
+            f"| {r['rho_std']:.4f} | {num(r['drift_per_ps'], '+.3f')} | {r['vs_start']:+.3f} "
+            f"| {r['vs_reference']:+.3f} | {num(r['pressure_bar'], '.0f')} | {num(r['temperature_K'], '.0f')} "
+            f"| {r['start_virial_bar']:.0f} |"
+        )
+    stopped = runs[runs["failure"] != ""]
+    notes = [f"- {r['run']}: {r['failure']}" for _, r in stopped.iterrows()]
+    ideal = runs["ideal_gas_bar"].iloc[0]
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\nStopped runs:\n" + "\n".join(notes) + "\n"
+    text += (
+        f"\nThe centre-of-mass ideal-gas term adds {ideal:.0f} bar to the start virial pressures. "
+        "From " + ", ".join(f"`{p}`" for p in dict.fromkeys(runs["source"])) + ".\n"
+    )
+    return text
+
+
+def precision_speed_block(root: str | os.PathLike) -> str:
+    """``precision-speed``: CPU seconds per step of each branch and mode by precision, from
+    :data:`PRECISION_SPEED_CSVS` (the precision is read from each file's provenance), with
+    each mixed precision's ratio to float32 (same branch, implementation, batch and mode)."""
+    import json
+
+    root = Path(root)
+    tables = []
+    for path in _sources(root, PRECISION_SPEED_CSVS, "precision-speed"):
+        record = Path(str(path) + ".provenance.json")
+        if not record.exists():
+            raise FileNotFoundError(f"precision-speed: {record} is missing (it names the run's precision)")
+        precision = json.loads(record.read_text())["parameters"]["precision"]
+        tables.append(pd.read_csv(path).assign(precision=precision, source=path.relative_to(root).as_posix()))
+    runs = pd.concat(tables, ignore_index=True)
+    key = ["branch", "impl", "batch", "mode"]
+    if runs.duplicated([*key, "precision"]).any():
+        raise ValueError("precision-speed: a case is measured twice at one precision")
+    wide = runs.pivot_table(index=key, columns="precision", values="cpu s/step", sort=False)
+    if "float32" not in wide.columns:
+        raise ValueError("precision-speed: no float32 run to compare with")
+    mixed = [c for c in wide.columns if c != "float32"]
+    lines = [
+        "| branch | batch | mode | float32 CPU s/step | "
+        + " | ".join(f"{m} CPU s/step | {m} / float32" for m in mixed) + " |",
+        "| --- | ---: | --- | ---: | " + " | ".join("---: | ---:" for _ in mixed) + " |",
+    ]
+    for (branch, impl, batch, mode), r in wide.iterrows():
+        cells = [f"{r[m]:.2f} | {r[m] / r['float32']:.2f}" if pd.notna(r[m]) else "– | –" for m in mixed]
+        lines.append(f"| {branch} ({impl}) | {batch} | {mode} | {r['float32']:.2f} | " + " | ".join(cells) + " |")
+    sources = ", ".join(f"`{s}`" for s in dict.fromkeys(runs["source"]))
+    return "\n".join(lines) + f"\n\nFrom {sources}.\n"
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -315,6 +401,8 @@ BLOCK_GENERATORS: dict[str, Callable[[Path], str]] = {
     "memory-before": lambda root: memory_table_markdown(
         _sources(Path(root), MEMORY_BEFORE_CSVS, "memory-before"), root=Path(root)
     ),
+    "npt-density": npt_block,
+    "precision-speed": precision_speed_block,
     "backbones-small": backbones_block,
     "backbones-scale": backbones_scale_block,
     "testbeds-quick": testbeds_block,

@@ -159,3 +159,21 @@ def test_chunks_smaller_than_threshold_equal_unchunked(kind, periodic, monkeypat
     for name, a, b in zip(("energy", "forces", "loss gradient"), plain, chunked, strict=True):
         assert a.abs().max() > 0, name
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("name", ["short", "long", "muse"])
+def test_build_branch_passes_edge_chunk_to_every_part(name, periodic):
+    """``scalepool train --model-option edge_chunk=N`` reaches each part that sums over edges
+    (the short branch refused it as an electrostatics option before), and chunks them."""
+    from scalepool.models import build_branch
+
+    model = build_branch(name, n_features=6, n_interactions=1, edge_chunk=23)
+    parts = [m for m in model.modules() if hasattr(m, "edge_chunk")]
+    assert parts and all(m.edge_chunk == 23 for m in parts)
+    if name == "long":
+        assert model.electrostatics.options["edge_chunk"] == 23
+    default = build_branch(name, n_features=6, n_interactions=1)
+    assert all(m.edge_chunk == DEFAULT_EDGE_CHUNK for m in default.modules() if hasattr(m, "edge_chunk"))
+    default.load_state_dict(model.state_dict())
+    model, default = model.double().eval(), default.double().eval()
+    torch.testing.assert_close(model(periodic)["forces"], default(periodic)["forces"], rtol=1e-10, atol=1e-10)

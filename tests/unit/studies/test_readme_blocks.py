@@ -177,3 +177,66 @@ def test_backbones_scale_block_equals_the_scale_tables():
             assert near(printed_mean, mean) and near(printed_std, std)
         assert near(mean_std(excess)[0], value(generator, "gain_pct")[0] - value("null", "gain_pct")[0], 1)
         assert int(n) == 2
+
+
+def _npt_rows(args, reference_stats, model_stats):
+    """Rows as benchmarks/npt_density.py's main builds them: (name, stats) with the reference first."""
+    return [("OpenMM", reference_stats), (args.model[0], model_stats)]
+
+
+def test_npt_block_from_the_benchmark_summary(tmp_path):
+    """The benchmark's --out CSV, rendered: every printed number is the CSV's, the reference first,
+    a stopped run named with its reason; two reference runs are an error."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("npt_density", REPO / "benchmarks" / "npt_density.py")
+    npt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(npt)
+    data, model = tmp_path / "nacl.npz", tmp_path / "runs" / "long" / "best.pt"
+    model.parent.mkdir(parents=True)
+    data.write_bytes(b"frames"), model.write_bytes(b"weights")
+    out = tmp_path / "results" / "npt" / "quick.csv"
+    out.parent.mkdir(parents=True)
+    args = argparse.Namespace(model=[str(model)], data=str(data), seed=0, out=str(out), steps=300)
+    reference = dict(start=0.9806, mean=1.0283, std=0.0137, drift=-0.003, pressure=float("nan"), steps=10000,
+                     ps=20.0, s_per_step=0.004)  # fmt: skip
+    stopped = dict(start=0.9806, mean=1.1473, std=0.0284, drift=0.70, pressure=-2677.0, temperature=312.4,
+                   steps=278, ps=0.278, s_per_step=0.9, failure="stopped at step 279: SHAKE failed")  # fmt: skip
+    virial = {"OpenMM": -1662.0, str(model): -7625.0}
+    npt._write_summary(args, _npt_rows(args, reference, stopped), virial, 1328.0, reference["mean"])
+    assert out.with_name("quick.csv.provenance.json").exists()
+    text = generate_blocks(["npt-density"], tmp_path)["npt-density"]
+    rows = [r for r in table_rows(text) if r[0] != "run"]
+    assert [r[0] for r in rows] == ["OpenMM TIP3P/JC (reference)", "long"]
+    assert rows[0][1:6] == ["10000", "20.00", "0.9806", "1.0283", "0.0137"] and rows[0][9:11] == ["–", "–"]
+    assert rows[1][1:] == ["278", "0.28", "0.9806", "1.1473", "0.0284", "+0.700", "+0.167", "+0.119",
+                           "-2677", "312", "-7625"]  # fmt: skip
+    assert "- long: stopped at step 279: SHAKE failed" in text and "adds 1328 bar" in text
+    assert "`results/npt/quick.csv`" in text
+    shutil.copy(out, out.with_name("again.csv"))
+    with pytest.raises(ValueError, match="expected one OpenMM reference run"):
+        generate_blocks(["npt-density"], tmp_path)
+
+
+def test_precision_speed_block_pairs_runs_by_case(tmp_path):
+    """CPU s/step of two branches.py runs side by side, precision from each provenance, ratio by hand."""
+    import json
+
+    folder = tmp_path / "results" / "precision"
+    folder.mkdir(parents=True)
+    header = "branch,impl,batch,mode,ms/step,frames/s,atom-steps/s,cpu s/step\n"
+    for precision, cpu in (("float32", (0.44, 1.32)), ("bf16-mixed", (0.29, 0.99))):
+        path = folder / f"speed_{precision}.csv"
+        path.write_text(header + f"short,painn-fused,1,infer,300,3.3,5000,{cpu[0]}\n"
+                        f"short,painn-fused,1,train,900,1.1,1700,{cpu[1]}\n")  # fmt: skip
+        Path(str(path) + ".provenance.json").write_text(json.dumps({"parameters": {"precision": precision}}))
+    text = generate_blocks(["precision-speed"], tmp_path)["precision-speed"]
+    rows = [r for r in table_rows(text) if r[0] != "branch"]
+    assert rows == [
+        ["short (painn-fused)", "1", "infer", "0.44", "0.29", "0.66"],
+        ["short (painn-fused)", "1", "train", "1.32", "0.99", "0.75"],
+    ]
+    Path(str(folder / "speed_float32.csv") + ".provenance.json").unlink()
+    with pytest.raises(FileNotFoundError, match="names the run's precision"):
+        generate_blocks(["precision-speed"], tmp_path)
