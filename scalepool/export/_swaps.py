@@ -12,7 +12,9 @@ private deep copy of the model only:
   ``edge_chunk=0``, which the models document as giving the same numbers;
 - :class:`LatentChargeEwald` (a Python loop over frames with ``.tolist()``):
   its one-frame body; the P3M/PME mesh size is read from the export cell and
-  checked against the cell in the graph;
+  checked against the cell in the graph, or, for a head with a frozen mesh
+  (``freeze_mesh``, ``mesh_shape``), is the frozen shape for every cell (the
+  spacing then follows the cell, as in the eager model);
 - :class:`MixedForceModel` router features (``bool(is_ion.any())`` and an
   empty-list branch): the same sums without the branches;
 - :class:`SoftCoarseGraining` (MuSE): a check that a frame has at least two
@@ -132,8 +134,13 @@ def _patched(neighbors: _Neighbors, meshes: dict[float, torch.Tensor]) -> Iterat
         _pme_module.get_ns_mesh = original_mesh
 
 
-def _one_frame_electrostatics(head: LatentChargeEwald, batch: AtomsBatch, scalar: torch.Tensor | None = None):
-    """``LatentChargeEwald.forward`` for one periodic frame: (n_atoms,) eV."""
+def _one_frame_electrostatics(
+    head: LatentChargeEwald, batch: AtomsBatch, scalar: torch.Tensor | None = None, mesh_key: float | None = None
+):
+    """``LatentChargeEwald.forward`` for one periodic frame: (n_atoms,) eV.
+
+    mesh_key : for a head with a frozen mesh, the key of its shape in the patched
+    ``get_ns_mesh`` (a negative number, never a real spacing)."""
     if head.fixed_charges:
         q = head.species_charges[batch.numbers].to(batch.positions.dtype)
     else:
@@ -142,7 +149,11 @@ def _one_frame_electrostatics(head: LatentChargeEwald, batch: AtomsBatch, scalar
     pairs, shifts = batch.neighbors(head.real_space_cutoff, full_list=False)
     dist = torch.linalg.vector_norm(batch.edge_vectors(pairs, shifts), dim=-1)
     cell, pos = batch.cell[0], batch.positions
-    calculator = head._calculator(head.parameters_for(cell), pos.dtype, pos.device)
+    params = head.parameters_for(cell)
+    if mesh_key is None:
+        calculator = head._calculator(params, pos.dtype, pos.device)
+    else:  # the frozen shape whatever the cell: torch-pme's spacing only selects it
+        calculator = head._calculator(params, pos.dtype, pos.device, spacing=mesh_key)
     potential = calculator(q.unsqueeze(-1), cell, pos, pairs, dist)
     return (q.unsqueeze(-1) * potential).squeeze(-1)
 
@@ -197,7 +208,8 @@ class Deployed(nn.Module):
     it also runs eagerly.  ``atom_cutoff`` (Å): the cutoff of the one atom list
     the others are cut from; ``max_cutoff`` (Å): the largest neighbour cutoff
     the model asks for, which the program checks against the smallest cell
-    height; ``meshes``: P3M/PME mesh size per mesh spacing, fixed at export.
+    height; ``meshes``: P3M/PME mesh size per mesh spacing, fixed at export (negative
+    keys: frozen meshes, valid for every cell).
     """
 
     def __init__(
@@ -215,6 +227,8 @@ class Deployed(nn.Module):
             "(the largest neighbour cutoff of this model)",
         )
         for spacing, ns in self.meshes.items():
+            if spacing < 0:  # a frozen mesh: the same shape for every cell
+                continue
             torch._assert_async(
                 (get_ns_mesh(cell, spacing) == torch.tensor(ns.sizes, device=cell.device)).all(),
                 f"scalepool export: this cell needs another P3M/PME mesh than {list(ns.sizes)}, "
@@ -247,10 +261,14 @@ def traceable_copy(model: ForceModel, example: tuple[torch.Tensor, ...]) -> Depl
                 raise ValueError(
                     "an electrostatics head with tune=True cannot be exported; use fixed parameters"
                 )
-            module.forward = functools.partial(_one_frame_electrostatics, module)
-            if module.method in ("p3m", "pme"):
+            mesh_key = None
+            if module.method in ("p3m", "pme") and module.mesh_shape is not None:
+                mesh_key = -1.0 - len(meshes)
+                meshes[mesh_key] = _fixed_mesh(torch.tensor(module.mesh_shape, device=cell.device))
+            elif module.method in ("p3m", "pme"):
                 spacing = float(module.options["mesh_spacing"])
                 meshes[spacing] = _fixed_mesh(get_ns_mesh(cell.detach(), spacing))
+            module.forward = functools.partial(_one_frame_electrostatics, module, mesh_key=mesh_key)
         if isinstance(module, SoftCoarseGraining):
             module.forward = _at_least_two_nodes(module.forward)
         if isinstance(module, MixedForceModel):

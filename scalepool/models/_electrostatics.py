@@ -362,8 +362,11 @@ class LatentChargeEwald(nn.Module):
             )  # fmt: skip
         return {**fixed, "smearing": float(smearing), **{k: float(v) for k, v in params.items()}}
 
-    def _calculator(self, params: dict[str, float], dtype, device, cell=None) -> torchpme.Calculator:
-        """The torch-pme calculator for ``params``; with a frozen mesh its spacing is set for ``cell`` (3, 3) Å."""
+    def _calculator(
+        self, params: dict[str, float], dtype, device, cell=None, spacing: float | None = None
+    ) -> torchpme.Calculator:
+        """The torch-pme calculator for ``params``; with a frozen mesh its spacing is set for
+        ``cell`` (3, 3) Å, or to ``spacing`` when given (the exported program's key of the shape)."""
         shape = self.mesh_shape if self.method != "ewald" else None
         if shape is not None:
             params = {**params, "mesh_spacing": 0.0}  # one calculator for every cell
@@ -390,9 +393,12 @@ class LatentChargeEwald(nn.Module):
             calc = calc.to(device=device, dtype=dtype)
             self._calculators[key] = calc
         if shape is not None:
-            if cell is None:
+            if spacing is not None:
+                calc.mesh_spacing = spacing
+            elif cell is None:
                 raise ValueError("a frozen mesh needs the frame's cell")
-            calc.mesh_spacing = mesh_spacing_for_shape(cell, shape)
+            else:
+                calc.mesh_spacing = mesh_spacing_for_shape(cell, shape)
         return calc
 
     # ------------------------------------------------------------------ mesh

@@ -141,3 +141,34 @@ def test_export_rejects_open_boundaries(nacl_frame, small_model):
     positions, numbers, _, _ = nacl_frame
     with pytest.raises(ValueError, match="periodic example frame"):
         export_model(small_model("short"), positions, numbers, None)
+
+
+@pytest.mark.slow
+def test_frozen_mesh_exports_and_holds_for_every_cell(nacl_frame, small_model):
+    """A long branch whose P3M mesh is frozen (the NPT setting) exports with that mesh: the
+    program gives the eager model's forces in the export cell and in a cell whose own mesh
+    would be another size (a per-cell export refuses that cell)."""
+    from torchpme.lib import get_ns_mesh
+
+    from scalepool.models import LatentChargeEwald
+
+    positions, numbers, cell, _ = nacl_frame
+    model = small_model("long")
+    (head,) = [m for m in model.modules() if isinstance(m, LatentChargeEwald)]
+    shape = head.freeze_mesh(torch.tensor(cell))
+    spacing = float(head.options["mesh_spacing"])
+    scales = [s for s in np.linspace(0.9, 1.1, 41) if tuple(get_ns_mesh(torch.tensor(cell * s), spacing).tolist()) != shape]
+    assert scales, "no cell within 10 % needs another mesh"
+    stretched = float(min(scales, key=lambda s: abs(s - 1.0)))  # 19 Å: 64^3 per cell, 32^3 below 18.6 Å
+    module = export_model(model, positions, numbers, cell).module()
+    pbc = torch.ones(3, dtype=torch.bool)
+    for s in (1.0, stretched):
+        p, c = positions * s, cell * s
+        energy, forces = module(torch.tensor(p, dtype=torch.float32), torch.tensor(numbers),
+                                torch.tensor(c, dtype=torch.float32), pbc)  # fmt: skip
+        ref_energy, ref_forces = reference_energy_forces(model, p, numbers, c)
+        assert float(ref_forces.abs().max()) > 0.05
+        np.testing.assert_allclose(forces.numpy(), ref_forces.numpy(), rtol=0, atol=FORCE_ATOL, err_msg=f"x{s}")
+        tol = TOLERANCES[torch.float32]
+        assert float(energy) == pytest.approx(float(ref_energy), abs=tol["atol"], rel=tol["rtol"])
+    assert head.mesh_shape == shape  # export works on a copy
