@@ -18,7 +18,8 @@ mean molecular pressure (bar) over the last half.
 ``--out PATH`` writes the table as a CSV (one row per run: densities in g/cm^3,
 pressures in bar, the last-half mean temperature in K, the start frame's
 molecular virial pressure and the centre-of-mass ideal-gas term, the failure
-if a run stopped) with ``PATH.provenance.json``; the README's ``npt-density``
+if a run stopped, and each model's atomic virial pressure at the start frame) with
+``PATH.provenance.json``; the README's ``npt-density``
 block is generated from such files.
 """
 
@@ -205,6 +206,22 @@ def start_virial_pressures(args, data) -> dict[str, float]:
     return out
 
 
+def start_atomic_virial_pressures(args, data) -> dict[str, float]:
+    """bar: each model's *atomic* virial pressure at the start frame (no kinetic term), what a
+    barostat reading the atomic stress sees with rigid water (the constraint forces left out)."""
+    from ase import Atoms, units
+
+    from scalepool.md import ScalepoolCalculator
+
+    frame = args.frame % len(data.positions)
+    out = {}
+    for path in args.model:
+        atoms = Atoms(numbers=data.numbers, positions=data.positions[frame], cell=data.cell[frame], pbc=True)
+        atoms.calc = ScalepoolCalculator.from_file(path, device=args.device, float64=True)
+        out[path] = float(-atoms.get_stress()[:3].mean() / units.bar)
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,6 +263,10 @@ def main(argv=None) -> None:
     virial = start_virial_pressures(args, data)
     for name, value in virial.items():
         print(f"  {name[-60:]:60s} {value:8.0f}")
+    atomic = start_atomic_virial_pressures(args, data)
+    print("atomic virial pressure at the start frame (bar; constraint forces left out):")
+    for name, value in atomic.items():
+        print(f"  {name[-60:]:60s} {value:8.0f}")
     volume = abs(np.linalg.det(data.cell[args.frame % len(data.positions)]))
     n_molecules = int(water_molecule_ids(data.numbers).max()) + 1
     ideal_gas = n_molecules * units.kB * args.temperature / volume / units.bar
@@ -279,7 +300,7 @@ def main(argv=None) -> None:
         if s.get("failure"):
             print(f"{name}: {s['failure']}")
     if args.out:
-        _write_summary(args, rows, virial, ideal_gas, reference)
+        _write_summary(args, rows, virial, ideal_gas, reference, atomic)
     if args.trace and traces:
         columns = ["model", "step", "time_ps", "density_g_cm3", "pressure_bar", "temperature_K"]
         import pandas as pd
@@ -290,11 +311,12 @@ def main(argv=None) -> None:
 #: Columns of ``--out``.
 SUMMARY_COLUMNS = (
     "run", "model", "steps", "ps", "rho_start", "rho_mean", "rho_std", "drift_per_ps", "vs_start", "vs_reference",
-    "pressure_bar", "temperature_K", "start_virial_bar", "ideal_gas_bar", "s_per_step", "failure",
+    "pressure_bar", "temperature_K", "start_virial_bar", "start_atomic_virial_bar", "ideal_gas_bar",
+    "s_per_step", "failure",
 )  # fmt: skip
 
 
-def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float) -> None:
+def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float, atomic: dict | None = None) -> None:
     """The table as a CSV (:data:`SUMMARY_COLUMNS`) plus its provenance."""
     from pathlib import Path
 
@@ -313,7 +335,9 @@ def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float)
             "rho_std": s["std"], "drift_per_ps": s["drift"], "vs_start": s["mean"] - s["start"],
             "vs_reference": s["mean"] - reference, "pressure_bar": s["pressure"],
             "temperature_K": s.get("temperature", float("nan")),
-            "start_virial_bar": virial["OpenMM" if is_reference else name], "ideal_gas_bar": ideal_gas,
+            "start_virial_bar": virial["OpenMM" if is_reference else name],
+            "start_atomic_virial_bar": float("nan") if is_reference else (atomic or {}).get(name, float("nan")),
+            "ideal_gas_bar": ideal_gas,
             "s_per_step": s["s_per_step"], "failure": s.get("failure", ""),
         })  # fmt: skip
     write_csv(args.out, pd.DataFrame(records, columns=list(SUMMARY_COLUMNS)))

@@ -204,14 +204,16 @@ def test_npt_block_from_the_benchmark_summary(tmp_path):
     stopped = dict(start=0.9806, mean=1.1473, std=0.0284, drift=0.70, pressure=-2677.0, temperature=312.4,
                    steps=278, ps=0.278, s_per_step=0.9, failure="stopped at step 279: SHAKE failed")  # fmt: skip
     virial = {"OpenMM": -1662.0, str(model): -7625.0}
-    npt._write_summary(args, _npt_rows(args, reference, stopped), virial, 1328.0, reference["mean"])
+    npt._write_summary(args, _npt_rows(args, reference, stopped), virial, 1328.0, reference["mean"],
+                       {str(model): 20429.0})  # fmt: skip
     assert out.with_name("quick.csv.provenance.json").exists()
     text = generate_blocks(["npt-density"], tmp_path)["npt-density"]
     rows = [r for r in table_rows(text) if r[0] != "run"]
     assert [r[0] for r in rows] == ["OpenMM TIP3P/JC (reference)", "long"]
-    assert rows[0][1:6] == ["10000", "20.00", "0.9806", "1.0283", "0.0137"] and rows[0][9:11] == ["–", "–"]
+    assert rows[0][1:6] == ["10000", "20.00", "0.9806", "1.0283", "0.0137"]
+    assert rows[0][9:] == ["–", "–", "-1662", "–"]
     assert rows[1][1:] == ["278", "0.28", "0.9806", "1.1473", "0.0284", "+0.700", "+0.167", "+0.119",
-                           "-2677", "312", "-7625"]  # fmt: skip
+                           "-2677", "312", "-7625", "20429"]  # fmt: skip
     assert "- long: stopped at step 279: SHAKE failed" in text and "adds 1328 bar" in text
     assert "`results/npt/quick.csv`" in text
     shutil.copy(out, out.with_name("again.csv"))
