@@ -183,7 +183,7 @@ def npt_block(root: str | os.PathLike) -> str:
 
     for _, r in runs.iterrows():
         lines.append(
-            f"| {r['run']} | {int(r['steps'])} | {r['ps']:.2f} | {r['rho_start']:.4f} | {r['rho_mean']:.4f} "
+            f"| {r['run']}{' (stopped)' if r['failure'] else ''} | {int(r['steps'])} | {r['ps']:.2f} | {r['rho_start']:.4f} | {r['rho_mean']:.4f} "
             f"| {r['rho_std']:.4f} | {num(r['drift_per_ps'], '+.3f')} | {r['vs_start']:+.3f} "
             f"| {r['rho_mean'] - rho_reference:+.3f} | {num(r['pressure_bar'], '.0f')} | {num(r['temperature_K'], '.0f')} "
             f"| {r['start_virial_bar']:.0f} | {num(r.get('start_atomic_virial_bar'), '.0f')} |"
@@ -192,8 +192,9 @@ def npt_block(root: str | os.PathLike) -> str:
     notes = [f"- {r['run']}: {r['failure']}" for _, r in stopped.iterrows()]
     ideal = runs["ideal_gas_bar"].iloc[0]
     text = "\n".join(lines) + "\n"
-    if notes:
-        text += "\nStopped runs:\n" + "\n".join(notes) + "\n"
+    if notes:  # their last-half statistics include the blow-up
+        text += "\nStopped runs (their statistics cover the last half of the steps run, blow-up included):\n"
+        text += "\n".join(notes) + "\n"
     text += (
         f"\nThe centre-of-mass ideal-gas term adds {ideal:.0f} bar to the start virial pressures. "
         "From " + ", ".join(f"`{p}`" for p in dict.fromkeys(runs["source"])) + ".\n"

@@ -209,7 +209,7 @@ def test_npt_block_from_the_benchmark_summary(tmp_path):
     assert out.with_name("quick.csv.provenance.json").exists()
     text = generate_blocks(["npt-density"], tmp_path)["npt-density"]
     rows = [r for r in table_rows(text) if r[0] != "run"]
-    assert [r[0] for r in rows] == ["OpenMM TIP3P/JC (reference)", "long"]
+    assert [r[0] for r in rows] == ["OpenMM TIP3P/JC (reference)", "long (stopped)"]
     assert rows[0][1:6] == ["10000", "20.00", "0.9806", "1.0283", "0.0137"]
     assert rows[0][9:] == ["–", "–", "-1662", "–"]
     assert rows[1][1:] == ["278", "0.28", "0.9806", "1.1473", "0.0284", "+0.700", "+0.167", "+0.119",
