@@ -164,10 +164,13 @@ def run_openmm(args, data) -> tuple[dict, list]:
     return stats, trace
 
 
-def start_virial_pressures(args, data) -> dict[str, float]:
-    """bar: the molecular virial pressure (no kinetic term) at the start frame, of OpenMM's
+def start_virial_pressures(args, data) -> tuple[dict[str, float], dict[str, float]]:
+    """bar, no kinetic term, at the start frame: the molecular virial pressure of OpenMM's
     force field by central differences of its energy under a centre-of-mass strain (Reference
-    platform, strain 1e-4), and of each model from the calculator's molecular stress."""
+    platform, strain 1e-4) and of each model from the calculator's molecular stress; and each
+    model's *atomic* virial pressure, what a barostat reading the atomic stress sees with rigid
+    water (the constraint forces left out).  Returns (molecular, atomic), keyed by model path
+    (molecular also by ``"OpenMM"``)."""
     import openmm
     import openmm.unit as u
     from ase import Atoms, units
@@ -198,28 +201,14 @@ def start_virial_pressures(args, data) -> dict[str, float]:
         return energy.value_in_unit(u.kilojoule_per_mole) * units.kJ / units.mol
 
     h = 1e-4
-    out = {"OpenMM": -(energy_ev(1 + h) - energy_ev(1 - h)) / (2 * h) / (3 * volume) / units.bar}
+    molecular = {"OpenMM": -(energy_ev(1 + h) - energy_ev(1 - h)) / (2 * h) / (3 * volume) / units.bar}
+    atomic = {}
     for path in args.model:
-        atoms = Atoms(numbers=data.numbers, positions=x, cell=cell, pbc=True)
-        atoms.calc = ScalepoolCalculator.from_file(path, device=args.device, float64=True, molecules="water")
-        out[path] = float(-atoms.get_stress()[:3].mean() / units.bar)
-    return out
-
-
-def start_atomic_virial_pressures(args, data) -> dict[str, float]:
-    """bar: each model's *atomic* virial pressure at the start frame (no kinetic term), what a
-    barostat reading the atomic stress sees with rigid water (the constraint forces left out)."""
-    from ase import Atoms, units
-
-    from scalepool.md import ScalepoolCalculator
-
-    frame = args.frame % len(data.positions)
-    out = {}
-    for path in args.model:
-        atoms = Atoms(numbers=data.numbers, positions=data.positions[frame], cell=data.cell[frame], pbc=True)
-        atoms.calc = ScalepoolCalculator.from_file(path, device=args.device, float64=True)
-        out[path] = float(-atoms.get_stress()[:3].mean() / units.bar)
-    return out
+        for out, molecules in ((molecular, "water"), (atomic, None)):
+            atoms = Atoms(numbers=data.numbers, positions=x, cell=cell, pbc=True)
+            atoms.calc = ScalepoolCalculator.from_file(path, device=args.device, float64=True, molecules=molecules)
+            out[path] = float(-atoms.get_stress()[:3].mean() / units.bar)
+    return molecular, atomic
 
 
 def main(argv=None) -> None:
@@ -260,17 +249,16 @@ def main(argv=None) -> None:
     data = FrameSet.load(args.data)
     rows, traces = [], []
     print("molecular virial pressure at the start frame (bar, no kinetic term):")
-    virial = start_virial_pressures(args, data)
+    virial, atomic = start_virial_pressures(args, data)
     for name, value in virial.items():
-        print(f"  {name[-60:]:60s} {value:8.0f}")
-    atomic = start_atomic_virial_pressures(args, data)
-    print("atomic virial pressure at the start frame (bar; constraint forces left out):")
-    for name, value in atomic.items():
         print(f"  {name[-60:]:60s} {value:8.0f}")
     volume = abs(np.linalg.det(data.cell[args.frame % len(data.positions)]))
     n_molecules = int(water_molecule_ids(data.numbers).max()) + 1
     ideal_gas = n_molecules * units.kB * args.temperature / volume / units.bar
     print(f"  centre-of-mass ideal gas N k T / V at {args.temperature:.0f} K: {ideal_gas:.0f} bar", flush=True)
+    print("atomic virial pressure at the start frame (bar; constraint forces left out):")
+    for name, value in atomic.items():
+        print(f"  {name[-60:]:60s} {value:8.0f}")
     if args.openmm_steps > 0:
         print(f"OpenMM NPT, {args.openmm_steps} steps of {args.openmm_timestep} fs", flush=True)
         stats, _ = run_openmm(args, data)
@@ -316,7 +304,7 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 
 
-def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float, atomic: dict | None = None) -> None:
+def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float, atomic: dict) -> None:
     """The table as a CSV (:data:`SUMMARY_COLUMNS`) plus its provenance."""
     from pathlib import Path
 
@@ -336,7 +324,7 @@ def _write_summary(args, rows, virial: dict, ideal_gas: float, reference: float,
             "vs_reference": s["mean"] - reference, "pressure_bar": s["pressure"],
             "temperature_K": s.get("temperature", float("nan")),
             "start_virial_bar": virial["OpenMM" if is_reference else name],
-            "start_atomic_virial_bar": float("nan") if is_reference else (atomic or {}).get(name, float("nan")),
+            "start_atomic_virial_bar": float("nan") if is_reference else atomic[name],
             "ideal_gas_bar": ideal_gas,
             "s_per_step": s["s_per_step"], "failure": s.get("failure", ""),
         })  # fmt: skip

@@ -149,11 +149,8 @@ def _one_frame_electrostatics(
     pairs, shifts = batch.neighbors(head.real_space_cutoff, full_list=False)
     dist = torch.linalg.vector_norm(batch.edge_vectors(pairs, shifts), dim=-1)
     cell, pos = batch.cell[0], batch.positions
-    params = head.parameters_for(cell)
-    if mesh_key is None:
-        calculator = head._calculator(params, pos.dtype, pos.device)
-    else:  # the frozen shape whatever the cell: torch-pme's spacing only selects it
-        calculator = head._calculator(params, pos.dtype, pos.device, spacing=mesh_key)
+    # with a frozen mesh, the spacing is only the key of its shape, whatever the cell
+    calculator = head._calculator(head.parameters_for(cell), pos.dtype, pos.device, spacing=mesh_key)
     potential = calculator(q.unsqueeze(-1), cell, pos, pairs, dist)
     return (q.unsqueeze(-1) * potential).squeeze(-1)
 
@@ -262,12 +259,13 @@ def traceable_copy(model: ForceModel, example: tuple[torch.Tensor, ...]) -> Depl
                     "an electrostatics head with tune=True cannot be exported; use fixed parameters"
                 )
             mesh_key = None
-            if module.method in ("p3m", "pme") and module.mesh_shape is not None:
-                mesh_key = -1.0 - len(meshes)
-                meshes[mesh_key] = _fixed_mesh(torch.tensor(module.mesh_shape, device=cell.device))
-            elif module.method in ("p3m", "pme"):
-                spacing = float(module.options["mesh_spacing"])
-                meshes[spacing] = _fixed_mesh(get_ns_mesh(cell.detach(), spacing))
+            if module.method in ("p3m", "pme"):
+                if module.mesh_shape is not None:
+                    mesh_key = -1.0 - len(meshes)
+                    meshes[mesh_key] = _fixed_mesh(torch.tensor(module.mesh_shape, device=cell.device))
+                else:
+                    spacing = float(module.options["mesh_spacing"])
+                    meshes[spacing] = _fixed_mesh(get_ns_mesh(cell.detach(), spacing))
             module.forward = functools.partial(_one_frame_electrostatics, module, mesh_key=mesh_key)
         if isinstance(module, SoftCoarseGraining):
             module.forward = _at_least_two_nodes(module.forward)
